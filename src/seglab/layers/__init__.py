@@ -1,0 +1,7 @@
+"""Generic building blocks shared by two or more model families."""
+
+from seglab.layers.conv import ConvNormAct
+from seglab.layers.drop import DropPath, drop_path_rates
+from seglab.layers.shape import nchw_to_nlc, nlc_to_nchw, resize
+
+__all__ = ["ConvNormAct", "DropPath", "drop_path_rates", "nchw_to_nlc", "nlc_to_nchw", "resize"]

@@ -1,0 +1,106 @@
+"""Named models: `register_model`, `create_model`, `list_models`.
+
+A model is registered with an options dataclass (its constructor arguments and their defaults) and a build
+function taking that dataclass. `create_model` fills the options from the checkpoint's metadata and the
+caller's keyword arguments (explicit arguments win) and refuses keys the options do not have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model."""
+
+    name: str
+    build: Callable[[Any], nn.Module]
+    options: type
+    published_params_m: float | None = None  # the paper's parameter count, in millions, at default options
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str, build: Callable[[Any], nn.Module], options: type, published_params_m: float | None = None,
+    description: str = "",
+) -> ModelEntry:
+    """Registers `build(options) -> nn.Module` under `name`; `options` is a dataclass type."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    if not dataclasses.is_dataclass(options):
+        raise TypeError(f"options for {name!r} must be a dataclass type, got {options!r}")
+    entry = ModelEntry(name, build, options, published_params_m, description)
+    _REGISTRY[name] = entry
+    return entry
+
+
+def _ensure_loaded() -> None:
+    import seglab.models  # noqa: F401  (importing registers every family)
+
+
+def get_entry(name: str) -> ModelEntry:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, sorted."""
+    import fnmatch
+
+    _ensure_loaded()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def resolve_options(name: str, overrides: dict[str, Any]):
+    """The options dataclass of `name` with `overrides` applied; unknown keys raise `TypeError`."""
+    entry = get_entry(name)
+    valid = [f.name for f in dataclasses.fields(entry.options)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise TypeError(f"{name} got unknown override(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+    return dataclasses.replace(entry.options(), **overrides)
+
+
+def create_model(
+    name: str, num_classes: int | None = None, checkpoint: str | Path | None = None, **overrides: Any
+) -> nn.Module:
+    """Builds a registered model, optionally loading a seglab checkpoint.
+
+    Args:
+        name: a name from `list_models()`.
+        num_classes: output classes; default the checkpoint's, else the model's default.
+        checkpoint: a seglab safetensors file; its recorded `num_classes` and overrides apply unless given here.
+        **overrides: constructor options of the model (see `seglab info NAME`).
+    """
+    from seglab.engine.checkpoint import load_model_weights, read_checkpoint_meta
+
+    kwargs: dict[str, Any] = {}
+    if checkpoint is not None:
+        meta = read_checkpoint_meta(checkpoint)
+        if meta.model != name:
+            raise ValueError(f"checkpoint {checkpoint} was made for model {meta.model!r}, not {name!r}")
+        kwargs.update(meta.overrides)
+        if meta.num_classes is not None:
+            kwargs["num_classes"] = meta.num_classes
+    kwargs.update(overrides)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    entry = get_entry(name)
+    model = entry.build(resolve_options(name, kwargs))
+    model.model_name = name
+    model.model_overrides = {k: v for k, v in kwargs.items() if k != "num_classes"}
+    if checkpoint is not None:
+        load_model_weights(model, checkpoint)
+    return model
