@@ -1,0 +1,220 @@
+"""Run configs: YAML files (read with `yaml.safe_load`, never executed) parsed into dataclasses.
+
+A config may name one `base:` file (relative to itself) whose values it overrides; the base may not have a
+base of its own. `--set a.b=c` overrides are applied last, values parsed as YAML scalars. Any key that is not
+a field of the matching dataclass is an error that lists the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used as written."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "segformer_b0"
+    num_classes: int | None = None  # default: the dataset's class count
+    checkpoint: str | None = None  # seglab safetensors file of the whole model to start from
+    pretrained: str | None = None  # backbone weights (e.g. ImageNet MiT converted with `seglab convert`)
+    overrides: dict[str, Any] = field(default_factory=dict)  # constructor options (see `seglab info NAME`)
+
+
+@dataclass
+class TrainTransformConfig:
+    crop_size: tuple[int, int] = (512, 512)
+    scale: tuple[int, int] = (2048, 512)  # (long, short) base scale before the random ratio
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    photometric: bool = True
+
+
+@dataclass
+class TestTransformConfig:
+    scale: tuple[int, int] | None = None  # (long, short) keep-ratio resize; None keeps the image size
+    size_divisor: int | None = None  # SegFormer's aligned resize rounds to a multiple of this
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "folder"  # folder | shapes
+    root: str = "data/shapes"
+    train_split: str = "train"
+    val_split: str = "val"
+    reduce_zero_label: bool = False
+    ignore_index: int = 255
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    batch_size: int = 2
+    val_batch_size: int = 1
+    num_workers: int = 0
+    train_transform: TrainTransformConfig = field(default_factory=TrainTransformConfig)
+    test_transform: TestTransformConfig = field(default_factory=TestTransformConfig)
+    # generated datasets only ("shapes"): written to `root` when it does not exist yet
+    generate: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 6e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    # mmcv paramwise custom_keys: the longest matching substring of a parameter name wins
+    paramwise: dict[str, dict[str, float]] = field(default_factory=dict)
+    grad_clip: float | None = None  # max global L2 norm
+
+
+@dataclass
+class ScheduleConfig:
+    iters: int = 160000
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+    power: float = 1.0
+    min_lr: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    class_weights: list[float] | None = None
+    aux_weights: list[float] = field(default_factory=list)
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 16000
+    mode: str = "whole"  # whole | slide
+    crop_size: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    amp: str = "none"  # none | bf16 | fp16
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    log_interval: int = 50
+    checkpoint_interval: int = 16000
+    keep_checkpoints: int = 2
+    work_dir: str = "work_dirs/run"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type, values: Any, where: str):
+    """Builds dataclass `cls` from a mapping, recursing into nested dataclasses and checking keys."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(repr(f'{where}.{k}'.lstrip('.')) for k in unknown)}; "
+                          f"valid keys{' of ' + where if where else ''}: {', '.join(names)}")
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}.{name}".lstrip("."))
+        elif isinstance(value, list) and "tuple" in str(hint):
+            kwargs[name] = tuple(value)
+        elif isinstance(value, str) and hint in (float, float | None):
+            # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                kwargs[name] = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}.{name}: expected a number, got {value!r}".lstrip(".")) from None
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def parse_set(assignments: list[str]) -> dict:
+    """`["optim.lr=1e-4", "train.amp=bf16"]` -> nested dict with YAML-parsed values."""
+    out: dict = {}
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key.path=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Reads a run config (with its optional `base:`) and applies `--set` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        data = _read_yaml(path)
+        base = data.pop("base", None)
+        if base is not None:
+            base_data = _read_yaml(path.parent / base)
+            if "base" in base_data:
+                raise ConfigError(f"{path.parent / base}: a base config may not have a base of its own")
+            data = _deep_merge(base_data, data)
+    data = _deep_merge(data, parse_set(overrides or []))
+    return _build(RunConfig, data, "")
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    """Plain-YAML-serialisable dict (tuples become lists)."""
+
+    def plain(value):
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)

@@ -1,0 +1,64 @@
+import pytest
+
+from seglab.config import ConfigError, dump_config, load_config
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_base_and_overrides(tmp_path):
+    write(tmp_path / "base.yaml", "optim: {lr: 1.0e-3, weight_decay: 0.05}\nschedule: {iters: 100}\n")
+    cfg = write(tmp_path / "run.yaml", "base: base.yaml\noptim: {lr: 2.0e-3}\ndata: {batch_size: 4}\n")
+    config = load_config(cfg, ["schedule.iters=7", "train.amp=bf16", "optim.betas=[0.8, 0.9]"])
+    assert config.optim.lr == 2e-3  # child wins over base
+    assert config.optim.weight_decay == 0.05  # base value kept
+    assert config.schedule.iters == 7  # --set wins over the file
+    assert config.train.amp == "bf16"
+    assert config.optim.betas == (0.8, 0.9)
+    assert config.data.batch_size == 4
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    cfg = write(tmp_path / "run.yaml", "optim: {lrr: 1.0}\n")
+    with pytest.raises(ConfigError, match=r"'optim.lrr'.*valid keys of optim: name, lr"):
+        load_config(cfg)
+    with pytest.raises(ConfigError, match="unknown key.*'bogus'"):
+        load_config(None, ["bogus.x=1"])
+
+
+def test_only_one_base_level(tmp_path):
+    write(tmp_path / "a.yaml", "schedule: {iters: 1}\n")
+    write(tmp_path / "b.yaml", "base: a.yaml\n")
+    cfg = write(tmp_path / "c.yaml", "base: b.yaml\n")
+    with pytest.raises(ConfigError, match="may not have a base"):
+        load_config(cfg)
+
+
+def test_yaml_is_never_executed(tmp_path):
+    cfg = write(tmp_path / "run.yaml", "optim: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(cfg)
+
+
+def test_scientific_notation_without_dot_is_a_number():
+    assert load_config(None, ["optim.lr=6e-5"]).optim.lr == pytest.approx(6e-5)
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config(None, ["optim.lr=fast"])
+
+
+def test_dump_round_trips(tmp_path):
+    config = load_config(None, ["data.train_transform.crop_size=[64, 96]"])
+    path = write(tmp_path / "dumped.yaml", dump_config(config))
+    assert load_config(path) == config
+
+
+def test_repo_configs_parse():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    files = [p for p in root.rglob("*.yaml") if not p.name.startswith("_")]
+    assert files
+    for path in files:
+        load_config(path)
