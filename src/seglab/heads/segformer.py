@@ -59,17 +59,27 @@ class SegFormerHead(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         size = features[0].shape[-2:]
+        norm = self.linear_fuse.norm
+        scale = shift = None
+        if not self.training:  # fold the eval-mode BN of the fuse conv into the per-stage weights
+            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+            shift = norm.bias - norm.running_mean * scale
         fused = None
         for i, x in enumerate(features):
             block = self.fuse_block(i)
+            if scale is not None:
+                block = block * scale[:, None]
             if self.stage_norm_act:  # non-linear projection: apply it, then the fuse block
                 y = F.conv2d(self.linear_c[i](x), block[:, :, None, None])
             else:  # fold fuse block and projection into one 1x1 conv
                 proj = self.linear_c[i].conv
-                weight = block @ proj.weight[:, :, 0, 0]
-                y = F.conv2d(x, weight[:, :, None, None], block @ proj.bias)
+                y = F.conv2d(x, (block @ proj.weight[:, :, 0, 0])[:, :, None, None], block @ proj.bias)
             if i > 0:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=self.align_corners)
-            fused = y if fused is None else fused + y
-        x = self.linear_fuse.act(self.linear_fuse.norm(fused))
+            # in place is safe: neither the conv nor the interpolation keeps its output for backward
+            fused = y if fused is None else fused.add_(y)
+        if scale is None:
+            x = self.linear_fuse.act(norm(fused))
+        else:
+            x = self.linear_fuse.act(fused.add_(shift[:, None, None]))
         return self.classifier(self.dropout(x))

@@ -12,8 +12,12 @@ def nchw_to_nlc(x: torch.Tensor) -> torch.Tensor:
 
 
 def nlc_to_nchw(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, H*W, C) -> (B, C, H, W)."""
-    return x.transpose(1, 2).reshape(x.shape[0], -1, height, width)
+    """(B, H*W, C) -> (B, C, H, W), a channels-last view (no copy).
+
+    A view keeps the tokens' memory order, which convolutions then run on directly; `transpose(1, 2).reshape`
+    would hand them a layout that is neither NCHW- nor NHWC-contiguous and make every conv copy its input.
+    """
+    return x.reshape(x.shape[0], height, width, x.shape[-1]).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size, align_corners: bool = False) -> torch.Tensor:

@@ -1,0 +1,57 @@
+"""Foreign checkpoints -> seglab state dicts: `convert_checkpoint(src, source, model_name)`.
+
+One module per source layout (`official` NVlabs code, `mmseg`, `hf` transformers); each converter consumes every
+source key or lists it as dropped, and its result loads `strict=True` into
+`create_model(model_name, num_classes=result.num_classes, **result.overrides)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seglab.convert.common import ConversionResult, read_source
+from seglab.convert.hf import convert_segformer_hf
+from seglab.convert.mmseg import convert_segformer_mmseg
+from seglab.convert.official import convert_segformer_official
+
+Converter = Callable[[dict[str, torch.Tensor], str, str], ConversionResult]
+
+# source -> model-name prefix -> converter
+CONVERTERS: dict[str, dict[str, Converter]] = {
+    "hf": {"segformer_": convert_segformer_hf},
+    "official": {"segformer_": convert_segformer_official},
+    "mmseg": {"segformer_": convert_segformer_mmseg},
+}
+SOURCES = tuple(CONVERTERS)
+
+
+def convert_checkpoint(src: str | Path | Mapping[str, Any], source: str, model_name: str) -> ConversionResult:
+    """Converts a foreign checkpoint to seglab's format.
+
+    Args:
+        src: a `.safetensors` / `.pth` / `.pt` / `.bin` file (torch files are read with `weights_only=True`), or an
+            already loaded state dict; `state_dict` / `model` wrappers are unwrapped.
+        source: the layout of `src`: `hf`, `official` or `mmseg`.
+        model_name: the seglab model the weights are for (e.g. `segformer_b2`); its variant must match the
+            checkpoint's shapes.
+
+    Returns:
+        The converted state dict with the `overrides` and `num_classes` to build the model with, and the source keys
+        deliberately dropped.
+    """
+    if source not in CONVERTERS:
+        raise ValueError(f"unknown checkpoint source {source!r}; valid: {', '.join(SOURCES)}")
+    families = CONVERTERS[source]
+    converter = next((fn for prefix, fn in families.items() if model_name.startswith(prefix)), None)
+    if converter is None:
+        raise ValueError(f"no {source!r} converter for model {model_name!r}; supported model families: "
+                         f"{', '.join(p + '*' for p in families)}")
+    state_dict, origin = read_source(src)
+    return converter(state_dict, model_name, origin)
+
+
+__all__ = ["CONVERTERS", "SOURCES", "ConversionResult", "convert_checkpoint"]

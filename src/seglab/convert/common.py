@@ -1,0 +1,292 @@
+"""Shared machinery of the checkpoint converters.
+
+A converter reads a foreign state dict through a `SourceKeys` tracker, renames keys with an ordered regex table
+(`RenameRule`), applies named tensor surgeries (`split_rows`, `linear_to_conv1x1`, `permute_concat_blocks`) and
+hands the result to `finalize`, which fails loudly when a source key was neither used nor listed as dropped, or
+when the result does not match the target model key for key and shape.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+@dataclass
+class ConversionResult:
+    """A converted checkpoint, ready for `create_model(name, num_classes=num_classes, **overrides)`.
+
+    Args:
+        state_dict: tensors under seglab's key names; loads with `strict=True`.
+        overrides: constructor options the source's numerics need (eps values, head variant, head width).
+        num_classes: classes of the checkpoint's classifier.
+        dropped: source keys deliberately left out (unused by the source model itself).
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    overrides: dict[str, Any]
+    num_classes: int
+    dropped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RenameRule:
+    """One row of a rename table: a source key pattern (full match) and its seglab key.
+
+    Args:
+        pattern: regular expression matched against the whole source key.
+        target: `re.Match.expand` template (`\\1`, `\\g<name>`) or a function of the match.
+        transform: optional tensor surgery applied to the value (e.g. `linear_to_conv1x1`).
+    """
+
+    pattern: str
+    target: str | Callable[[re.Match[str]], str]
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def apply(self, key: str) -> str | None:
+        match = re.fullmatch(self.pattern, key)
+        if match is None:
+            return None
+        return match.expand(self.target) if isinstance(self.target, str) else self.target(match)
+
+
+def stage_from_one_based(number: str) -> int:
+    """`'1'..'4'` in names such as `patch_embed1` -> stage index 0..3."""
+    return int(number) - 1
+
+
+class SourceKeys:
+    """A foreign state dict that records which keys a converter used or dropped.
+
+    Args:
+        state_dict: the source tensors.
+        origin: a name for error messages (file path or "state dict").
+    """
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor], origin: str = "state dict") -> None:
+        self.tensors = dict(state_dict)
+        self.origin = origin
+        self.consumed: set[str] = set()
+        self.dropped: list[str] = []
+
+    def keys(self) -> list[str]:
+        """Source keys not yet used or dropped, in source order."""
+        return [k for k in self.tensors if k not in self.consumed]
+
+    def take(self, key: str) -> torch.Tensor:
+        """Returns the tensor under `key` and marks it used."""
+        if key not in self.tensors:
+            raise ValueError(f"{self.origin}: expected key {key!r} is missing")
+        if key in self.consumed:
+            raise ValueError(f"{self.origin}: key {key!r} was used twice (converter bug)")
+        self.consumed.add(key)
+        return self.tensors[key]
+
+    def drop(self, pattern: str) -> list[str]:
+        """Marks every remaining key that fully matches `pattern` as deliberately dropped."""
+        hits = [k for k in self.keys() if re.fullmatch(pattern, k)]
+        self.consumed.update(hits)
+        self.dropped.extend(hits)
+        return hits
+
+    def check_consumed(self, context: str) -> None:
+        """Raises `ValueError` naming every key that was neither used nor dropped."""
+        unused = self.keys()
+        if unused:
+            raise ValueError(
+                f"{self.origin}: {len(unused)} source key(s) not understood by the converter for {context}: "
+                f"{', '.join(unused[:20])}{' ...' if len(unused) > 20 else ''}. Is the source layout right?"
+            )
+
+
+class TargetDict:
+    """The seglab state dict under construction; remembers which source key produced each entry."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.origin: dict[str, str] = {}
+
+    def put(self, key: str, value: torch.Tensor, source_key: str) -> None:
+        if key in self.tensors:
+            raise ValueError(
+                f"source keys {self.origin[key]!r} and {source_key!r} both map to {key!r}; the checkpoint mixes "
+                f"two layouts or holds a duplicate"
+            )
+        self.tensors[key] = value
+        self.origin[key] = source_key
+
+
+def apply_rename_table(source: SourceKeys, target: TargetDict, table: Iterable[RenameRule]) -> None:
+    """Moves every remaining source key matched by a rule (first match wins) into `target`."""
+    rules = list(table)
+    for key in source.keys():
+        for rule in rules:
+            new_key = rule.apply(key)
+            if new_key is None:
+                continue
+            value = source.take(key)
+            target.put(new_key, rule.transform(value) if rule.transform else value, key)
+            break
+
+
+def linear_to_conv1x1(weight: torch.Tensor) -> torch.Tensor:
+    """A Linear weight (out, in) as a 1x1 conv weight (out, in, 1, 1)."""
+    if weight.ndim != 2:
+        raise ValueError(f"expected a 2-D linear weight, got shape {tuple(weight.shape)}")
+    return weight[:, :, None, None]  # (out, in) -> (out, in, 1, 1)
+
+
+def conv1x1_to_linear(weight: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv weight (out, in, 1, 1) as a Linear weight (out, in)."""
+    if weight.ndim != 4 or weight.shape[2:] != (1, 1):
+        raise ValueError(f"expected a 1x1 conv weight (out, in, 1, 1), got shape {tuple(weight.shape)}")
+    return weight[:, :, 0, 0]  # (out, in, 1, 1) -> (out, in)
+
+
+def split_rows(tensor: torch.Tensor, sizes: list[int], key: str) -> list[torch.Tensor]:
+    """Splits dim 0 into `sizes` (e.g. a fused `[q; k; v]` projection), checking the total."""
+    if tensor.shape[0] != sum(sizes):
+        raise ValueError(f"{key}: dim 0 is {tensor.shape[0]}, expected {sum(sizes)} to split into {sizes}")
+    return list(torch.split(tensor, sizes, dim=0))
+
+
+def permute_concat_blocks(weight: torch.Tensor, order: list[int], dim: int = 1) -> torch.Tensor:
+    """Reorders equal channel blocks along `dim`: output block `i` is input block `order[i]`.
+
+    Used when a conv consumes a concatenation that the source builds in another order than seglab.
+    """
+    if sorted(order) != list(range(len(order))):
+        raise ValueError(f"order {order} is not a permutation of 0..{len(order) - 1}")
+    if weight.shape[dim] % len(order):
+        raise ValueError(f"dim {dim} of shape {tuple(weight.shape)} does not split into {len(order)} equal blocks")
+    blocks = weight.chunk(len(order), dim=dim)
+    return torch.cat([blocks[i] for i in order], dim=dim)
+
+
+def unwrap_state_dict(obj: Any, origin: str) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded checkpoint: unwraps `state_dict` / `model` wrappers and a DataParallel prefix."""
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{origin}: expected a state dict (mapping of names to tensors), got {type(obj).__name__}")
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f"{origin}: entries that are not tensors: {', '.join(map(repr, not_tensors[:10]))}; "
+                         f"pass the model's state dict")
+    state = dict(obj)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_source(src: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+    """Loads `src` (a path or an already loaded checkpoint) into a flat state dict; also returns its name.
+
+    Files are read with safetensors or `torch.load(weights_only=True)`; no pickled code ever runs.
+    """
+    if isinstance(src, Mapping):
+        return unwrap_state_dict(src, "state dict"), "state dict"
+    path = Path(src)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return unwrap_state_dict(load_file(str(path)), str(path)), str(path)
+    if path.suffix not in TORCH_SUFFIXES:
+        raise ValueError(f"{path}: unknown checkpoint suffix {path.suffix!r}; expected .safetensors or one of "
+                         f"{', '.join(TORCH_SUFFIXES)}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise ValueError(f"cannot read {path} with torch.load(weights_only=True): {exc}; re-save its state dict "
+                         f"alone (torch.save(ckpt['state_dict'], ...)) or as safetensors") from exc
+    return unwrap_state_dict(obj, str(path)), str(path)
+
+
+def _shape(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def finalize(
+    source: SourceKeys,
+    target: TargetDict,
+    model_name: str,
+    num_classes: int,
+    overrides: dict[str, Any],
+) -> ConversionResult:
+    """Checks the conversion and packs it into a `ConversionResult`.
+
+    Fails with `ValueError` when a source key was neither used nor dropped, or when the converted keys and shapes
+    differ from those of `create_model(model_name, num_classes=num_classes, **overrides)` (built on the meta
+    device, so no memory is spent). BatchNorm `num_batches_tracked` counters absent from older checkpoints are
+    filled with zeros; they play no part in inference.
+    """
+    source.check_consumed(model_name)
+    from seglab.registry import create_model
+
+    with torch.device("meta"):
+        model = create_model(model_name, num_classes=num_classes, **overrides)
+    expected = model.state_dict()
+    state = target.tensors
+    for key, value in expected.items():
+        if key not in state and key.endswith("num_batches_tracked"):
+            state[key] = torch.zeros((), dtype=value.dtype)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} (from {target.origin[k]!r}): checkpoint {_shape(state[k])}, {model_name} expects {_shape(expected[k])}"
+        for k in expected if k in state and _shape(state[k]) != _shape(expected[k])
+    ]
+    if missing or unexpected or mismatched:
+        lines = [f"{source.origin} does not fit {model_name} (is it a checkpoint of another variant?):"]
+        if mismatched:
+            lines.append(f"  shape mismatches ({len(mismatched)}): " + "; ".join(mismatched[:8]))
+        if missing:
+            lines.append(f"  missing ({len(missing)}): " + ", ".join(missing[:10]))
+        if unexpected:
+            lines.append(f"  unexpected ({len(unexpected)}): "
+                         + ", ".join(f"{k} (from {target.origin[k]!r})" for k in unexpected[:10]))
+        raise ValueError("\n".join(lines))
+    ordered = {k: state[k].contiguous() for k in expected}
+    return ConversionResult(state_dict=ordered, overrides=dict(overrides), num_classes=num_classes,
+                            dropped=list(source.dropped))
+
+
+def segformer_variant(model_name: str, source: str) -> str:
+    """`segformer_b2` -> `b2`; any other model name is refused with the list of supported ones."""
+    from seglab.models.segformer import SEGFORMER_VARIANTS
+
+    variant = model_name.removeprefix("segformer_")
+    if not model_name.startswith("segformer_") or variant not in SEGFORMER_VARIANTS:
+        names = ", ".join(f"segformer_{v}" for v in SEGFORMER_VARIANTS)
+        raise ValueError(f"source {source!r} converts SegFormer checkpoints only; model must be one of {names}, "
+                         f"got {model_name!r}")
+    return variant
+
+
+def segformer_head_options(target: TargetDict, variant: str) -> tuple[int, dict[str, Any]]:
+    """Reads `num_classes` and the head width from the converted classifier; a non-published width becomes
+    a `head_channels` override."""
+    from seglab.models.segformer import SEGFORMER_VARIANTS
+
+    key = "decode_head.classifier.weight"
+    if key not in target.tensors:
+        raise ValueError("no decode-head classifier found in the checkpoint; backbone-only or image-classification "
+                         "checkpoints are not supported by this converter")
+    weight = target.tensors[key]
+    if weight.ndim != 4:
+        raise ValueError(f"{target.origin[key]!r}: expected a 1x1 conv weight (classes, channels, 1, 1), "
+                         f"got shape {tuple(weight.shape)}")
+    num_classes, channels = weight.shape[:2]
+    overrides = {} if channels == SEGFORMER_VARIANTS[variant][0] else {"head_channels": int(channels)}
+    return int(num_classes), overrides

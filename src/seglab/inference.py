@@ -1,0 +1,234 @@
+"""Inference policies over any segmentation model: whole image, sliding window, flip and multi-scale TTA.
+
+The model is only asked for `model(images) -> logits` (B, K, h, w) at any stride; everything here is outside
+the model, so the same policies apply to every family and to exported graphs. Semantics follow
+mmsegmentation's `EncoderDecoder`:
+
+- whole: the model's logits for the image, resized bilinearly to the output size.
+- slide: a grid of `g = max(H - crop + stride - 1, 0) // stride + 1` windows per axis, window `i` starting at
+  `i * stride` and clamped to the border (`y2 = min(y1 + crop, H)`, `y1 = max(y2 - crop, 0)`); each window's
+  logits are resized to the window, summed into one (B, K, H, W) accumulator and divided by the number of
+  windows covering each pixel. An image smaller than the crop is a single window, so it equals whole mode.
+- test-time augmentation: every (scale, flip) pair is run on its own; its logits are resized once to the
+  output size, softmaxed, flipped back, and the probabilities are averaged (mmseg's `aug_test`).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seglab.layers.shape import resize
+
+_MODES = ("whole", "slide")
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    """`value` as a (height, width) pair of positive ints."""
+    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in pair):
+        raise ValueError(f"{name} must be a positive int or a (height, width) pair of positive ints, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got a {images.ndim}-d tensor {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a normalised floating-point tensor, got dtype {images.dtype}")
+    if min(images.shape) == 0:
+        raise ValueError(f"images must not have an empty dimension, got shape {tuple(images.shape)}")
+
+
+def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """`model(images)`, checked to be a (B, K, h, w) logits tensor."""
+    out = model(images)
+    if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != images.shape[0]:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TypeError(f"model(images) must return logits of shape (B, K, h, w) with B={images.shape[0]}, got {got}")
+    return out
+
+
+def slide_windows(
+    height: int, width: int, crop_size: int | Sequence[int], stride: int | Sequence[int]
+) -> list[tuple[int, int, int, int]]:
+    """mmseg's sliding-window grid over a `height` x `width` image, row by row.
+
+    Args:
+        height: image height.
+        width: image width.
+        crop_size: window size, an int or (height, width); windows are smaller only when the image is.
+        stride: step between window starts, an int or (height, width); must not exceed the crop.
+
+    Returns:
+        `(y1, y2, x1, x2)` boxes (end exclusive), the last row/column clamped to the border.
+    """
+    crop_h, crop_w = _pair(crop_size, "crop_size")
+    stride_h, stride_w = _pair(stride, "stride")
+    if stride_h > crop_h or stride_w > crop_w:
+        raise ValueError(f"stride {stride_h, stride_w} must not exceed crop_size {crop_h, crop_w}: "
+                         f"pixels between windows would not be covered")
+    grid_h = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
+    grid_w = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
+    boxes = []
+    for i in range(grid_h):
+        y2 = min(i * stride_h + crop_h, height)
+        y1 = max(y2 - crop_h, 0)
+        for j in range(grid_w):
+            x2 = min(j * stride_w + crop_w, width)
+            x1 = max(x2 - crop_w, 0)
+            boxes.append((y1, y2, x1, x2))
+    return boxes
+
+
+def whole_inference(
+    model: nn.Module, images: torch.Tensor, out_size: int | Sequence[int] | None = None, align_corners: bool = False
+) -> torch.Tensor:
+    """Logits of the whole image, resized bilinearly to `out_size` (default: the input size).
+
+    Args:
+        model: returns (B, K, h, w) logits at any stride.
+        images: normalised (B, C, H, W) float tensor.
+        out_size: (height, width) of the result.
+        align_corners: `align_corners` of the bilinear resize.
+    """
+    _check_images(images)
+    size = _pair(out_size, "out_size") if out_size is not None else tuple(images.shape[-2:])
+    return resize(_logits(model, images), size, align_corners=align_corners)
+
+
+def slide_inference(
+    model: nn.Module,
+    images: torch.Tensor,
+    crop_size: int | Sequence[int],
+    stride: int | Sequence[int],
+    align_corners: bool = False,
+    window_batch: int = 8,
+) -> torch.Tensor:
+    """Sliding-window logits at the input size: window logits summed and divided by the per-pixel count.
+
+    Args:
+        model: returns (B, K, h, w) logits at any stride.
+        images: normalised (B, C, H, W) float tensor.
+        crop_size: window size, an int or (height, width).
+        stride: step between windows, an int or (height, width).
+        align_corners: `align_corners` of the bilinear resize of each window's logits to the window size.
+        window_batch: windows per forward pass (each carrying the B images, so the batch is `window_batch * B`).
+    """
+    _check_images(images)
+    if not isinstance(window_batch, int) or window_batch < 1:
+        raise ValueError(f"window_batch must be a positive int, got {window_batch!r}")
+    batch, _, height, width = images.shape
+    boxes = slide_windows(height, width, crop_size, stride)
+    # every window has the same size: the crop, or the image side where the image is smaller
+    win_h, win_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
+    total: torch.Tensor | None = None
+    count = torch.zeros(height, width, dtype=torch.int32, device=images.device)
+    for start in range(0, len(boxes), window_batch):
+        chunk = boxes[start : start + window_batch]
+        crops = torch.cat([images[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])  # (n * B, C, win_h, win_w)
+        logits = resize(_logits(model, crops), (win_h, win_w), align_corners=align_corners)
+        if total is None:
+            dtype = torch.promote_types(logits.dtype, torch.float32)  # sum half-precision outputs in float32
+            total = logits.new_zeros((batch, logits.shape[1], height, width), dtype=dtype)
+        for k, (y1, y2, x1, x2) in enumerate(chunk):
+            total[:, :, y1:y2, x1:x2] += logits[k * batch : (k + 1) * batch]
+            count[y1:y2, x1:x2] += 1
+    assert total is not None  # slide_windows always returns at least one window
+    return total / count.to(total.dtype)
+
+
+def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    # round half up, as mmcv's rescale does
+    return max(int(height * scale + 0.5), 1), max(int(width * scale + 0.5), 1)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    mode: str = "whole",
+    crop_size: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    out_size: int | Sequence[int] | None = None,
+    align_corners: bool = False,
+    window_batch: int = 8,
+) -> torch.Tensor:
+    """Per-pixel class probabilities, averaged over the scale x flip augmentations.
+
+    The model is used as it is: put it in `eval()` mode first.
+
+    Args:
+        model: returns (B, K, h, w) logits at any stride.
+        images: normalised (B, C, H, W) float tensor.
+        mode: `"whole"` or `"slide"`.
+        crop_size: slide window size, an int or (height, width); required for slide mode.
+        stride: slide step, an int or (height, width); required for slide mode.
+        flip: also run on the horizontally flipped input (flipped back before averaging).
+        scales: input resize factors; each scale runs the chosen mode on the bilinearly resized image.
+        out_size: (height, width) of the result; default the input size.
+        align_corners: `align_corners` of every bilinear resize (input scaling and logits).
+        window_batch: slide windows per forward pass.
+
+    Returns:
+        (B, K, H_out, W_out) softmax probabilities.
+    """
+    _check_images(images)
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if mode == "slide" and (crop_size is None or stride is None):
+        raise ValueError(f"slide mode needs crop_size and stride, got crop_size={crop_size!r}, stride={stride!r}")
+    scales = tuple(scales)
+    if not scales or not all(isinstance(s, (int, float)) and s > 0 for s in scales):
+        raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales!r}")
+    height, width = images.shape[-2:]
+    size = _pair(out_size, "out_size") if out_size is not None else (height, width)
+    if mode == "slide":  # validate the grid arguments before any forward pass
+        slide_windows(height, width, crop_size, stride)  # type: ignore[arg-type]
+
+    probs: torch.Tensor | None = None
+    num_augs = 0
+    for scale in scales:
+        scaled = resize(images, _scaled_size(height, width, scale), align_corners=align_corners)
+        for flipped in (False, True) if flip else (False,):
+            x = scaled.flip(-1) if flipped else scaled
+            if mode == "whole":
+                logits = whole_inference(model, x, out_size=size, align_corners=align_corners)
+            else:
+                logits = slide_inference(model, x, crop_size, stride, align_corners, window_batch)  # type: ignore
+                logits = resize(logits, size, align_corners=align_corners)
+            p = F.softmax(logits, dim=1, dtype=torch.promote_types(logits.dtype, torch.float32))
+            if flipped:
+                p = p.flip(-1)
+            probs = p if probs is None else probs + p
+            num_augs += 1
+    assert probs is not None
+    return probs / num_augs if num_augs > 1 else probs
+
+
+def predict_labels(
+    model: nn.Module,
+    images: torch.Tensor,
+    mode: str = "whole",
+    crop_size: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    out_size: int | Sequence[int] | None = None,
+    align_corners: bool = False,
+    window_batch: int = 8,
+) -> torch.Tensor:
+    """Class indices (B, H_out, W_out) int64: the argmax of `predict` with the same arguments."""
+    probs = predict(
+        model, images, mode=mode, crop_size=crop_size, stride=stride, flip=flip, scales=scales,
+        out_size=out_size, align_corners=align_corners, window_batch=window_batch,
+    )
+    return probs.argmax(dim=1)

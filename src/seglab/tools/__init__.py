@@ -1,0 +1,1 @@
+"""Tools around the models: FLOPs and parameter counts, visualisation (palettes, overlays, training curves)."""

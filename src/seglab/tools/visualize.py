@@ -1,0 +1,303 @@
+"""Pictures of segmentations: palettes, colour label maps, overlays, indexed PNGs and training curves.
+
+Label maps are (H, W) integer arrays of class indices; `ignore_index` (255) marks unlabelled pixels, drawn
+black. Images are (H, W, 3) uint8 RGB. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from seglab.engine.checkpoint import atomic_write
+
+IGNORE_INDEX = 255
+
+
+def _to_numpy(array: Any, name: str) -> np.ndarray:
+    """A numpy view of an array-like or a (CPU or device) torch tensor."""
+    if hasattr(array, "detach") and hasattr(array, "cpu"):
+        array = array.detach().cpu().numpy()
+    if not isinstance(array, (np.ndarray, list, tuple)):
+        raise TypeError(f"{name} must be a numpy array or a tensor, got {type(array).__name__}")
+    return np.asarray(array)
+
+
+def make_palette(
+    num_classes: int, seed: int = 0, palette: Sequence[Sequence[int]] | np.ndarray | None = None
+) -> np.ndarray:
+    """A (num_classes, 3) uint8 palette of distinct colours, none of them black (black marks ignored pixels).
+
+    Colours are picked greedily from a seeded pool of random colours, each the farthest (in RGB) from black
+    and from the colours already chosen, so neighbouring class indices get unrelated, well separated colours.
+
+    Args:
+        num_classes: number of classes K.
+        seed: seed of the random pool; the same seed gives the same palette.
+        palette: a known palette (e.g. a dataset's class colours) with at least K rows of 3 values in
+            [0, 255]; its first K rows are returned as they are.
+    """
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if palette is not None:
+        known = np.asarray(palette)
+        if known.ndim != 2 or known.shape[1] != 3 or known.shape[0] < num_classes:
+            raise ValueError(f"palette must have shape (>= {num_classes}, 3), got {known.shape}")
+        if not np.issubdtype(known.dtype, np.integer) or known.min() < 0 or known.max() > 255:
+            raise ValueError("palette values must be integers in [0, 255]")
+        return known[:num_classes].astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, 256, size=(max(4096, 8 * num_classes), 3)).astype(np.float64)
+    # distance of every pool colour to its nearest chosen colour; black counts as chosen
+    nearest = np.linalg.norm(pool, axis=1)
+    chosen = []
+    for _ in range(num_classes):
+        best = int(np.argmax(nearest))
+        chosen.append(pool[best])
+        nearest = np.minimum(nearest, np.linalg.norm(pool - pool[best], axis=1))
+    return np.stack(chosen).astype(np.uint8)
+
+
+def _check_palette(palette: Any) -> np.ndarray:
+    palette = np.asarray(palette)
+    if palette.ndim != 2 or palette.shape[1] != 3:
+        raise ValueError(f"palette must have shape (K, 3), got {palette.shape}")
+    return palette.astype(np.uint8)
+
+
+def _check_labels(labels: Any, num_classes: int, ignore_index: int) -> np.ndarray:
+    labels = _to_numpy(labels, "labels")
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be an (H, W) map of class indices, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"labels must hold integer class indices, got dtype {labels.dtype}")
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    if bad.any():
+        values = np.unique(labels[bad])[:10].tolist()
+        raise ValueError(f"labels hold values {values} outside [0, {num_classes}) for a palette of "
+                         f"{num_classes} colours (and not the ignore index {ignore_index})")
+    return labels
+
+
+def _check_image(image: Any, shape: tuple[int, int]) -> np.ndarray:
+    image = _to_numpy(image, "image")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got shape {image.shape} dtype {image.dtype}")
+    if image.shape[:2] != shape:
+        raise ValueError(f"image is {image.shape[:2]} but labels are {shape}: they must have the same (H, W)")
+    return image
+
+
+def colorize(labels: Any, palette: Any, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 colours; `ignore_index` pixels are black.
+
+    Args:
+        labels: (H, W) integer class indices.
+        palette: (K, 3) uint8 colours.
+        ignore_index: the label drawn black.
+    """
+    palette = _check_palette(palette)
+    labels = _check_labels(labels, len(palette), ignore_index)
+    ignored = labels == ignore_index
+    colours = palette[np.where(ignored, 0, labels)]
+    colours[ignored] = 0
+    return colours
+
+
+def overlay(
+    image: Any, labels: Any, palette: Any, alpha: float = 0.5, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
+    """Blends label colours over an image: `(1 - alpha) * image + alpha * colour`; ignored pixels keep the image.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        labels: (H, W) integer class indices.
+        palette: (K, 3) uint8 colours.
+        alpha: weight of the label colours, in [0, 1].
+        ignore_index: the label left unblended.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    colours = colorize(labels, palette, ignore_index)
+    image = _check_image(image, colours.shape[:2])
+    blended = np.rint((1.0 - alpha) * image.astype(np.float64) + alpha * colours.astype(np.float64))
+    ignored = _to_numpy(labels, "labels") == ignore_index
+    blended[ignored] = image[ignored]
+    return blended.clip(0, 255).astype(np.uint8)
+
+
+def _save_png(path: str | Path, picture: Image.Image) -> Path:
+    path = Path(path)
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+    return path
+
+
+def save_label_png(path: str | Path, labels: Any, palette: Any, ignore_index: int = IGNORE_INDEX) -> Path:
+    """Writes an indexed (P-mode) PNG: pixel values are the class indices, the PNG palette colours them.
+
+    Reading it back with PIL (`np.asarray(Image.open(path))`) gives the indices; viewers show the colours.
+    Ignored pixels keep their index and are black.
+
+    Args:
+        path: the `.png` file to write.
+        labels: (H, W) integer class indices.
+        palette: (K, 3) uint8 colours, K <= 255 (a PNG palette has 256 entries and 255 is the ignore index).
+        ignore_index: the label drawn black; must fit in a byte.
+    """
+    palette = _check_palette(palette)
+    if len(palette) > 255 or not 0 <= ignore_index <= 255:
+        raise ValueError(f"an indexed PNG holds at most 255 classes plus an ignore index in [0, 255], got "
+                         f"{len(palette)} classes and ignore index {ignore_index}")
+    labels = _check_labels(labels, len(palette), ignore_index)
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(palette)] = palette
+    table[ignore_index] = 0
+    height, width = labels.shape
+    picture = Image.frombytes("P", (width, height), np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
+    picture.putpalette(table.reshape(-1).tolist())
+    return _save_png(path, picture)
+
+
+def save_overlay_png(
+    path: str | Path, image: Any, labels: Any, palette: Any, alpha: float = 0.5, ignore_index: int = IGNORE_INDEX
+) -> Path:
+    """Writes `overlay(image, labels, palette, alpha)` as an RGB PNG.
+
+    Args:
+        path: the `.png` file to write.
+        image: (H, W, 3) uint8 RGB.
+        labels: (H, W) integer class indices.
+        palette: (K, 3) uint8 colours.
+        alpha: weight of the label colours.
+        ignore_index: the label left unblended.
+    """
+    return _save_png(path, Image.fromarray(overlay(image, labels, palette, alpha, ignore_index)))
+
+
+def save_side_by_side(
+    path: str | Path,
+    image: Any,
+    gt: Any | None,
+    pred: Any,
+    palette: Any,
+    ignore_index: int = IGNORE_INDEX,
+    gap: int = 4,
+) -> Path:
+    """Writes image | ground truth | prediction as one RGB PNG, panels separated by white columns.
+
+    Args:
+        path: the `.png` file to write.
+        image: (H, W, 3) uint8 RGB.
+        gt: (H, W) ground-truth class indices, or None to show image | prediction.
+        pred: (H, W) predicted class indices.
+        palette: (K, 3) uint8 colours.
+        ignore_index: the label drawn black.
+        gap: width in pixels of the white separators.
+    """
+    pred_colours = colorize(pred, palette, ignore_index)
+    panels = [_check_image(image, pred_colours.shape[:2])]
+    if gt is not None:
+        gt_colours = colorize(gt, palette, ignore_index)
+        if gt_colours.shape != pred_colours.shape:
+            raise ValueError(f"gt is {gt_colours.shape[:2]} but pred is {pred_colours.shape[:2]}")
+        panels.append(gt_colours)
+    panels.append(pred_colours)
+    separator = np.full((pred_colours.shape[0], gap, 3), 255, dtype=np.uint8)
+    row = [panels[0]]
+    for panel in panels[1:]:
+        row += [separator, panel]
+    return _save_png(path, Image.fromarray(np.concatenate(row, axis=1)))
+
+
+def _read_log(path: Path) -> tuple[list[tuple[int, float, float | None]], list[tuple[int, float]]]:
+    """(iter, loss, lr) of train records and (iter, mIoU) of eval records of a JSONL training log."""
+    train, evals = [], []
+    with path.open() as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{line_no} is not valid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{line_no} must be a JSON object, got {type(record).__name__}")
+            kind = record.get("kind", "train" if "loss" in record else "eval" if "mIoU" in record else None)
+            if kind not in ("train", "eval"):
+                continue  # other record kinds (e.g. run info) are not plotted
+            key = "loss" if kind == "train" else "mIoU"
+            if "iter" not in record or key not in record:
+                raise ValueError(f"{path}:{line_no}: {kind} record needs 'iter' and {key!r}, got {sorted(record)}")
+            if kind == "train":
+                train.append((int(record["iter"]), float(record["loss"]), record.get("lr")))
+            else:
+                evals.append((int(record["iter"]), float(record["mIoU"])))
+    return train, evals
+
+
+def _smooth(values: Sequence[float], weight: float) -> list[float]:
+    """Exponential moving average with bias correction (TensorBoard's smoothing)."""
+    smoothed, average = [], 0.0
+    for step, value in enumerate(values, start=1):
+        average = weight * average + (1.0 - weight) * value
+        smoothed.append(average / (1.0 - weight**step))
+    return smoothed
+
+
+def plot_training_curve(jsonl_path: str | Path, out_png: str | Path, smoothing: float = 0.9) -> Path:
+    """Plots loss (raw and smoothed) and mIoU against iteration from a JSONL training log; lr in a lower panel.
+
+    Each line of the log is a JSON object with `"kind": "train"` (`iter`, `loss`, optional `lr`) or
+    `"kind": "eval"` (`iter`, `mIoU`); other kinds are skipped.
+
+    Args:
+        jsonl_path: the training log.
+        out_png: the `.png` file to write.
+        smoothing: weight of the exponential moving average of the loss, in [0, 1).
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no display backend needed
+
+    jsonl_path = Path(jsonl_path)
+    if not jsonl_path.is_file():
+        raise FileNotFoundError(f"training log not found: {jsonl_path}")
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    train, evals = _read_log(jsonl_path)
+    if not train and not evals:
+        raise ValueError(f"{jsonl_path} has no train records (iter, loss) and no eval records (iter, mIoU)")
+    lrs = [(it, float(lr)) for it, _, lr in train if lr is not None]
+    figure = Figure(figsize=(8, 6 if lrs else 4.5), layout="constrained")
+    axes = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1]) if lrs else [figure.subplots()]
+    loss_ax = axes[0]
+    loss_ax.set_title(jsonl_path.stem)
+    if train:
+        iters = [it for it, _, _ in train]
+        losses = [loss for _, loss, _ in train]
+        loss_ax.plot(iters, losses, color="tab:blue", alpha=0.3, linewidth=1, label="loss")
+        loss_ax.plot(iters, _smooth(losses, smoothing), color="tab:blue", linewidth=2, label="loss (smoothed)")
+        loss_ax.set_ylabel("loss")
+        loss_ax.grid(alpha=0.3)
+    handles, labels = loss_ax.get_legend_handles_labels()
+    if evals:
+        miou_ax = loss_ax.twinx()
+        finite = [(it, v) for it, v in evals if math.isfinite(v)]
+        miou_ax.plot([it for it, _ in finite], [v for _, v in finite], color="tab:orange", marker="o",
+                     linewidth=2, label="mIoU")
+        miou_ax.set_ylabel("mIoU")
+        more_handles, more_labels = miou_ax.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    loss_ax.legend(handles, labels, loc="upper right")
+    if lrs:
+        axes[1].plot([it for it, _ in lrs], [lr for _, lr in lrs], color="tab:green")
+        axes[1].set_ylabel("lr")
+        axes[1].grid(alpha=0.3)
+    axes[-1].set_xlabel("iteration")
+    out_png = Path(out_png)
+    atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    return out_png

@@ -1,0 +1,84 @@
+"""ONNX export: dynamic batch/height/width, parity with eager PyTorch at sizes other than the export size.
+
+Every model that claims ONNX support goes in `ONNX_MODELS` and must pass the same test.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import seglab
+from seglab.export.onnx import check_onnx, export_onnx
+
+ort = pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.onnx
+
+# (model name, constructor overrides); export at EXPORT_SIZE, checked at CHECK_SIZES (batch, (height, width))
+ONNX_MODELS: list[tuple[str, dict]] = [
+    ("segformer_b0", {}),
+]
+EXPORT_SIZE = (64, 64)
+CHECK_SIZES = [(2, (64, 96)), (1, (77, 50))]
+TOLERANCE = 1e-4
+
+
+def _build(name: str, overrides: dict) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return seglab.create_model(name, num_classes=6, **overrides).eval()
+
+
+@pytest.fixture(scope="module", params=ONNX_MODELS, ids=[name for name, _ in ONNX_MODELS])
+def exported(request, tmp_path_factory):
+    name, overrides = request.param
+    model = _build(name, overrides)
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / f"{name}.onnx", *EXPORT_SIZE)
+    return model, path
+
+
+def test_onnx_parity_at_other_sizes(exported):
+    model, path = exported
+    for batch, size in CHECK_SIZES:
+        assert size != EXPORT_SIZE
+        diff = check_onnx(model, path, sizes=[size], batch=batch)
+        assert diff <= TOLERANCE, f"max abs diff {diff:.3g} at batch {batch}, size {size}"
+
+
+def test_onnx_graph_names_and_dynamic_axes(exported):
+    model, path = exported
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert inp.name == "images" and out.name == "logits"
+    assert inp.shape[1] == 3 and all(isinstance(d, str) for d in (inp.shape[0], inp.shape[2], inp.shape[3]))
+    (logits,) = session.run(None, {"images": torch.randn(3, 3, 45, 61).numpy()})
+    with torch.no_grad():
+        assert logits.shape == tuple(model(torch.randn(3, 3, 45, 61)).shape)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # atomic write: no temporary file left behind
+
+
+def test_check_onnx_detects_a_different_model(exported):
+    model, path = exported
+    other = _build(model.model_name, model.model_overrides)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert check_onnx(other, path, sizes=[(64, 96)]) > 1e-2
+
+
+def test_torchscript_exporter(tmp_path):
+    model = _build("segformer_b0", {})
+    model.train()
+    path = export_onnx(model, tmp_path / "b0.onnx", height=64, width=64, dynamo=False)
+    assert model.training  # mode restored
+    assert check_onnx(model, path, sizes=[(77, 50), (32, 96)], batch=2) <= TOLERANCE
+    assert model.training
+
+
+def test_export_errors(tmp_path):
+    model = _build("segformer_b0", {})
+    with pytest.raises(ValueError, match="height must be a positive int"):
+        export_onnx(model, tmp_path / "x.onnx", height=0)
+    with pytest.raises(FileNotFoundError, match="ONNX file not found"):
+        check_onnx(model, tmp_path / "missing.onnx", sizes=[(32, 32)])
+    with pytest.raises(TypeError, match=r"logits tensor \(B, K, h, w\)"):
+        export_onnx(torch.nn.Flatten(), tmp_path / "flat.onnx", height=8, width=8)
