@@ -1,6 +1,11 @@
 """Shared test setup: deterministic seeds and a small thread count for the 2-core CI machine."""
 
+import os
 import random
+
+# Idle OpenMP threads sleep instead of spinning: on a 2-core machine shared with other jobs, spinning
+# workers that wait for a descheduled sibling make every parallel region ~10x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest

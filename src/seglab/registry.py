@@ -91,6 +91,9 @@ def create_model(
         meta = read_checkpoint_meta(checkpoint)
         if meta.model != name:
             raise ValueError(f"checkpoint {checkpoint} was made for model {meta.model!r}, not {name!r}")
+        if meta.extra.get("backbone_only") == "true":
+            raise ValueError(f"{checkpoint} holds backbone weights only: use it as the run config's "
+                             f"`model.pretrained`, not as a model checkpoint")
         kwargs.update(meta.overrides)
         if meta.num_classes is not None:
             kwargs["num_classes"] = meta.num_classes

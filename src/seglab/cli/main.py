@@ -39,7 +39,7 @@ def _class_info(dataset, num_classes: int) -> tuple[list[str], list]:
 
 
 # ---------------------------------------------------------------------------------------------------- train / eval
-def run_training(config, resume: bool = False, progress: bool = True):
+def run_training(config, resume: bool = False, progress: bool = True, stop_at: int | None = None):
     """Trains as `config` says; returns (model, val_set, TrainResult)."""
     from seglab.engine.run import build_model, build_split, build_train_transform, evaluate, prepare_data
     from seglab.engine.trainer import Trainer, seed_everything
@@ -53,13 +53,14 @@ def run_training(config, resume: bool = False, progress: bool = True):
     device = _device(None)
     trainer = Trainer(config, model, train_set, build_train_transform(config),
                       lambda m: evaluate(m, val_set, config, num_classes, device), device=device)
-    result = trainer.train(resume=resume, progress=progress)
+    result = trainer.train(resume=resume, progress=progress, stop_at=stop_at)
     return model, val_set, result
 
 
 def cmd_train(args) -> int:
     config = _load_run_config(args)
-    _, val_set, result = run_training(config, resume=args.resume, progress=not args.no_progress)
+    _, val_set, result = run_training(config, resume=args.resume, progress=not args.no_progress,
+                                      stop_at=args.stop_at)
     if result.final_metrics is not None:
         from seglab.metrics import format_table
 
@@ -145,7 +146,7 @@ def cmd_predict(args) -> int:
     for path in _collect_inputs(args.inputs):
         image = read_image(path)  # uint8 (3, H, W)
         with torch.inference_mode():
-            probs = predict(model, transform(image)[None].to(device), mode=mode, crop_size=crop, stride=stride,
+            probs = predict(model, transform(image)[0][None].to(device), mode=mode, crop_size=crop, stride=stride,
                             flip=args.flip or ev.flip, scales=tuple(args.scales or ev.scales),
                             out_size=tuple(image.shape[-2:]), align_corners=align_corners)
         labels = probs.argmax(1)[0].cpu().numpy()
@@ -193,10 +194,13 @@ def cmd_convert(args) -> int:
     from seglab.engine.checkpoint import save_weights
 
     result = convert_checkpoint(args.src, args.source, args.model)
-    save_weights(args.dst, result.state_dict, args.model, result.num_classes, result.overrides,
-                 extra={"converted_from": args.source})
-    print(f"{args.src} ({args.source}) -> {args.dst}: {len(result.state_dict)} tensors, "
-          f"num_classes {result.num_classes}, overrides {result.overrides}, dropped {len(result.dropped)} keys")
+    extra = {"converted_from": args.source}
+    if result.backbone_only:
+        extra["backbone_only"] = "true"
+    save_weights(args.dst, result.state_dict, args.model, result.num_classes, result.overrides, extra=extra)
+    kind = "backbone only (use as model.pretrained)" if result.backbone_only else f"num_classes {result.num_classes}"
+    print(f"{args.src} ({args.source}) -> {args.dst}: {len(result.state_dict)} tensors, {kind}, "
+          f"overrides {result.overrides}, dropped {len(result.dropped)} keys")
     return 0
 
 
@@ -245,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from work_dir/latest.json exactly")
     p.add_argument("--work-dir", help="override train.work_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--stop-at", type=int, metavar="ITER",
+                   help="pause after this iteration (checkpointed); continue later with --resume")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation split")

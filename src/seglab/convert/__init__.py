@@ -2,7 +2,9 @@
 
 One module per source layout (`official` NVlabs code, `mmseg`, `hf` transformers); each converter consumes every
 source key or lists it as dropped, and its result loads `strict=True` into
-`create_model(model_name, num_classes=result.num_classes, **result.overrides)`.
+`create_model(model_name, num_classes=result.num_classes, **result.overrides)`. A source without decode-head keys
+(an ImageNet-pretrained encoder such as `mit_b0.pth` or `nvidia/mit-b0`) converts to `backbone.*` keys only
+(`result.backbone_only`), for a training recipe's `model.pretrained`.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def convert_checkpoint(src: str | Path | Mapping[str, Any], source: str, model_n
 
     Returns:
         The converted state dict with the `overrides` and `num_classes` to build the model with, and the source keys
-        deliberately dropped.
+        deliberately dropped. For a backbone-only source (no `decode_head.*` key) the state dict holds only
+        `backbone.*` keys, `num_classes` is None, `backbone_only` is True and the ImageNet classifier is dropped.
     """
     if source not in CONVERTERS:
         raise ValueError(f"unknown checkpoint source {source!r}; valid: {', '.join(SOURCES)}")

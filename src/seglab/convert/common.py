@@ -3,7 +3,8 @@
 A converter reads a foreign state dict through a `SourceKeys` tracker, renames keys with an ordered regex table
 (`RenameRule`), applies named tensor surgeries (`split_rows`, `linear_to_conv1x1`, `permute_concat_blocks`) and
 hands the result to `finalize`, which fails loudly when a source key was neither used nor listed as dropped, or
-when the result does not match the target model key for key and shape.
+when the result does not match the target model (or, for a backbone-only source, its backbone) key for key and
+shape.
 """
 
 from __future__ import annotations
@@ -24,16 +25,21 @@ class ConversionResult:
     """A converted checkpoint, ready for `create_model(name, num_classes=num_classes, **overrides)`.
 
     Args:
-        state_dict: tensors under seglab's key names; loads with `strict=True`.
+        state_dict: tensors under seglab's key names; loads with `strict=True` into the model, or, when
+            `backbone_only`, holds only `backbone.*` keys and loads strictly into `model.backbone` once the
+            prefix is removed.
         overrides: constructor options the source's numerics need (eps values, head variant, head width).
-        num_classes: classes of the checkpoint's classifier.
-        dropped: source keys deliberately left out (unused by the source model itself).
+        num_classes: classes of the checkpoint's classifier; None for a backbone-only source.
+        dropped: source keys deliberately left out (unused by the source model itself, or the ImageNet
+            classifier of a backbone-only source).
+        backbone_only: the source had no decode head (ImageNet-pretrained encoder weights, for `model.pretrained`).
     """
 
     state_dict: dict[str, torch.Tensor]
     overrides: dict[str, Any]
-    num_classes: int
+    num_classes: int | None
     dropped: list[str] = field(default_factory=list)
+    backbone_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -217,26 +223,43 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
-def finalize(
-    source: SourceKeys,
-    target: TargetDict,
-    model_name: str,
-    num_classes: int,
-    overrides: dict[str, Any],
-) -> ConversionResult:
-    """Checks the conversion and packs it into a `ConversionResult`.
+def has_decode_head(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a segmentation checkpoint holds decode-head keys; without them it is a backbone-only source."""
+    return any(key.startswith("decode_head.") for key in state_dict)
 
-    Fails with `ValueError` when a source key was neither used nor dropped, or when the converted keys and shapes
-    differ from those of `create_model(model_name, num_classes=num_classes, **overrides)` (built on the meta
-    device, so no memory is spent). BatchNorm `num_batches_tracked` counters absent from older checkpoints are
-    filled with zeros; they play no part in inference.
-    """
-    source.check_consumed(model_name)
+
+def expected_state(
+    model_name: str, num_classes: int | None, overrides: dict[str, Any], backbone_only: bool = False
+) -> dict[str, torch.Tensor]:
+    """Keys and shapes a conversion must produce: the state dict of `create_model(model_name, ...)` built on the
+    meta device (no memory is spent), or only its backbone's, under the `backbone.` prefix."""
     from seglab.registry import create_model
 
     with torch.device("meta"):
         model = create_model(model_name, num_classes=num_classes, **overrides)
-    expected = model.state_dict()
+    if backbone_only:
+        return {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
+    return model.state_dict()
+
+
+def finalize(
+    source: SourceKeys,
+    target: TargetDict,
+    model_name: str,
+    num_classes: int | None,
+    overrides: dict[str, Any],
+    backbone_only: bool = False,
+) -> ConversionResult:
+    """Checks the conversion and packs it into a `ConversionResult`.
+
+    Fails with `ValueError` when a source key was neither used nor dropped, or when the converted keys and shapes
+    differ from those of `create_model(model_name, num_classes=num_classes, **overrides)` (of its backbone alone
+    when `backbone_only`). BatchNorm `num_batches_tracked` counters absent from older checkpoints are filled with
+    zeros; they play no part in inference.
+    """
+    source.check_consumed(model_name)
+    expected = expected_state(model_name, num_classes, overrides, backbone_only)
+    fits = f"the backbone of {model_name}" if backbone_only else model_name
     state = target.tensors
     for key, value in expected.items():
         if key not in state and key.endswith("num_batches_tracked"):
@@ -244,11 +267,11 @@ def finalize(
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [
-        f"{k} (from {target.origin[k]!r}): checkpoint {_shape(state[k])}, {model_name} expects {_shape(expected[k])}"
+        f"{k} (from {target.origin[k]!r}): checkpoint {_shape(state[k])}, {fits} expects {_shape(expected[k])}"
         for k in expected if k in state and _shape(state[k]) != _shape(expected[k])
     ]
     if missing or unexpected or mismatched:
-        lines = [f"{source.origin} does not fit {model_name} (is it a checkpoint of another variant?):"]
+        lines = [f"{source.origin} does not fit {fits} (is it a checkpoint of another variant?):"]
         if mismatched:
             lines.append(f"  shape mismatches ({len(mismatched)}): " + "; ".join(mismatched[:8]))
         if missing:
@@ -259,7 +282,7 @@ def finalize(
         raise ValueError("\n".join(lines))
     ordered = {k: state[k].contiguous() for k in expected}
     return ConversionResult(state_dict=ordered, overrides=dict(overrides), num_classes=num_classes,
-                            dropped=list(source.dropped))
+                            dropped=list(source.dropped), backbone_only=backbone_only)
 
 
 def segformer_variant(model_name: str, source: str) -> str:
@@ -281,8 +304,8 @@ def segformer_head_options(target: TargetDict, variant: str) -> tuple[int, dict[
 
     key = "decode_head.classifier.weight"
     if key not in target.tensors:
-        raise ValueError("no decode-head classifier found in the checkpoint; backbone-only or image-classification "
-                         "checkpoints are not supported by this converter")
+        raise ValueError("the checkpoint has decode-head keys but no decode-head classifier; is it truncated? "
+                         "(a backbone-only checkpoint holds no `decode_head.*` key at all)")
     weight = target.tensors[key]
     if weight.ndim != 4:
         raise ValueError(f"{target.origin[key]!r}: expected a 1x1 conv weight (classes, channels, 1, 1), "

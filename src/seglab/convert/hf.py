@@ -15,6 +15,11 @@ into `kv` (rows `[k; v]`, as in the original code).
 
 HF builds every LayerNorm as `nn.LayerNorm(hidden_size)`, eps 1e-5, whatever `config.layer_norm_eps` says; the
 overrides reproduce that.
+
+The ImageNet-1k encoders (`nvidia/mit-b0` .. `nvidia/mit-b5`, `SegformerForImageClassification`) hold the same
+`segformer.*` keys plus the classifier `classifier.{weight,bias}` (Linear, 1000 x C4); a bare `SegformerModel`
+has the encoder keys without the `segformer.` prefix. With no `decode_head.*` key the checkpoint converts as
+backbone-only and the classifier is dropped.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from seglab.convert.common import (
     TargetDict,
     apply_rename_table,
     finalize,
+    has_decode_head,
     linear_to_conv1x1,
     segformer_head_options,
     segformer_variant,
@@ -55,10 +61,11 @@ class _HFLayout:
     head_proj: str
 
 
+_PREFIX = r"(?:segformer\.)?"  # absent from a bare `SegformerModel`
 _LAYOUTS = [
     _HFLayout(  # hub files and save_pretrained
-        patch=r"segformer\.encoder\.patch_embeddings\.(\d)",
-        block=r"segformer\.encoder\.block\.(\d)\.(\d+)",
+        patch=rf"{_PREFIX}encoder\.patch_embeddings\.(\d)",
+        block=rf"{_PREFIX}encoder\.block\.(\d)\.(\d+)",
         leaves={
             "layer_norm_1": "norm1",
             "attention.self.query": "attn.q",
@@ -72,12 +79,12 @@ _LAYOUTS = [
         },
         key="attention.self.key",
         value="attention.self.value",
-        stage_norm=r"segformer\.encoder\.layer_norm\.(\d)",
+        stage_norm=rf"{_PREFIX}encoder\.layer_norm\.(\d)",
         head_proj=r"decode_head\.linear_c\.(\d)\.proj",
     ),
     _HFLayout(  # module names of transformers >= 5
-        patch=r"segformer\.stages\.(\d)\.patch_embeddings",
-        block=r"segformer\.stages\.(\d)\.blocks\.(\d+)",
+        patch=rf"{_PREFIX}stages\.(\d)\.patch_embeddings",
+        block=rf"{_PREFIX}stages\.(\d)\.blocks\.(\d+)",
         leaves={
             "layernorm_before": "norm1",
             "attention.q_proj": "attn.q",
@@ -91,10 +98,14 @@ _LAYOUTS = [
         },
         key="attention.k_proj",
         value="attention.v_proj",
-        stage_norm=r"segformer\.stages\.(\d)\.layer_norm",
+        stage_norm=rf"{_PREFIX}stages\.(\d)\.layer_norm",
         head_proj=r"decode_head\.linear_projections\.(\d)\.proj",
     ),
 ]
+
+
+# the ImageNet-1k classifier of `SegformerForImageClassification`, useless for segmentation
+HF_BACKBONE_DROPPED = [rf"classifier\.{_PARAM}"]
 
 
 def _layout_rules(layout: _HFLayout) -> list[RenameRule]:
@@ -140,18 +151,27 @@ def _merge_key_value(source: SourceKeys, target: TargetDict) -> None:
 def convert_segformer_hf(
     state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict"
 ) -> ConversionResult:
-    """Converts a transformers `SegformerForSemanticSegmentation` state dict (hub or transformers >= 5 names).
+    """Converts a transformers `SegformerForSemanticSegmentation` state dict (hub or transformers >= 5 names), or
+    an ImageNet encoder (`SegformerForImageClassification`, `SegformerModel`).
 
     Args:
-        state_dict: the model's tensors (`model.safetensors` of a hub repo, or `model.state_dict()`).
+        state_dict: the model's tensors (`model.safetensors` of a hub repo, or `model.state_dict()`); without
+            `decode_head.*` keys the result is backbone-only.
         model_name: the seglab model the weights are for, `segformer_b0` .. `segformer_b5`.
         origin: the file name, for error messages.
     """
     variant = segformer_variant(model_name, "hf")
+    backbone_only = not has_decode_head(state_dict)
     source = SourceKeys(state_dict, origin)
+    if backbone_only:
+        for pattern in HF_BACKBONE_DROPPED:
+            source.drop(pattern)
     target = TargetDict()
     _merge_key_value(source, target)
     apply_rename_table(source, target, HF_SEGFORMER_TABLE)
+    if backbone_only:
+        source.check_consumed(f"{model_name} (Hugging Face layout, backbone only)")
+        return finalize(source, target, model_name, None, HF_OVERRIDES, backbone_only=True)
     source.check_consumed(f"{model_name} (Hugging Face layout)")
     num_classes, head_overrides = segformer_head_options(target, variant)
     return finalize(source, target, model_name, num_classes, {**HF_OVERRIDES, **head_overrides})

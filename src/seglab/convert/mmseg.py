@@ -9,6 +9,10 @@ per stage), `decode_head.fusion_conv` (ConvModule), `decode_head.conv_seg` (the 
 
 Differences from the official model that the overrides reproduce: every LayerNorm has eps 1e-6, and the per-stage
 projections carry BN + ReLU (`head_stage_norm_act=True`).
+
+An ImageNet encoder converted by mmseg's `tools/model_converters/mit2mmseg.py` holds the same backbone keys without
+the `backbone.` prefix (`layers.{i}...`) and no classifier (the tool skips `head.*`); with no `decode_head.*` key the
+checkpoint converts as backbone-only, with the eps overrides alone.
 """
 
 from __future__ import annotations
@@ -25,17 +29,20 @@ from seglab.convert.common import (
     apply_rename_table,
     conv1x1_to_linear,
     finalize,
+    has_decode_head,
     permute_concat_blocks,
     segformer_head_options,
     segformer_variant,
     split_rows,
 )
 
-MMSEG_OVERRIDES = {"norm_eps": 1e-6, "patch_norm_eps": 1e-6, "sr_norm_eps": 1e-6, "head_stage_norm_act": True}
+MMSEG_EPS_OVERRIDES = {"norm_eps": 1e-6, "patch_norm_eps": 1e-6, "sr_norm_eps": 1e-6}
+MMSEG_OVERRIDES = {**MMSEG_EPS_OVERRIDES, "head_stage_norm_act": True}
 
 _PARAM = r"(weight|bias)"
 _BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
-_BLOCK = r"backbone\.layers\.(\d)\.1\.(\d+)"
+_BACKBONE = r"(?:backbone\.)?"  # segmentors prefix the encoder keys, `mit2mmseg` output does not
+_BLOCK = rf"{_BACKBONE}layers\.(\d)\.1\.(\d+)"
 _NUM_STAGES = 4
 
 
@@ -46,8 +53,8 @@ def fuse_weight_to_seglab(weight: torch.Tensor) -> torch.Tensor:
 
 
 MMSEG_SEGFORMER_TABLE: list[RenameRule] = [
-    RenameRule(rf"backbone\.layers\.(\d)\.0\.projection\.{_PARAM}", r"backbone.stages.\1.patch_embed.proj.\2"),
-    RenameRule(rf"backbone\.layers\.(\d)\.0\.norm\.{_PARAM}", r"backbone.stages.\1.patch_embed.norm.\2"),
+    RenameRule(rf"{_BACKBONE}layers\.(\d)\.0\.projection\.{_PARAM}", r"backbone.stages.\1.patch_embed.proj.\2"),
+    RenameRule(rf"{_BACKBONE}layers\.(\d)\.0\.norm\.{_PARAM}", r"backbone.stages.\1.patch_embed.norm.\2"),
     RenameRule(rf"{_BLOCK}\.(norm1|norm2)\.{_PARAM}", r"backbone.stages.\1.blocks.\2.\3.\4"),
     RenameRule(rf"{_BLOCK}\.attn\.attn\.out_proj\.{_PARAM}", r"backbone.stages.\1.blocks.\2.attn.proj.\3"),
     RenameRule(rf"{_BLOCK}\.attn\.(sr|norm)\.{_PARAM}", r"backbone.stages.\1.blocks.\2.attn.\3.\4"),
@@ -56,7 +63,7 @@ MMSEG_SEGFORMER_TABLE: list[RenameRule] = [
     RenameRule(rf"{_BLOCK}\.ffn\.layers\.1\.{_PARAM}", r"backbone.stages.\1.blocks.\2.mlp.dwconv.\3"),
     RenameRule(rf"{_BLOCK}\.ffn\.layers\.4\.weight", r"backbone.stages.\1.blocks.\2.mlp.fc2.weight", conv1x1_to_linear),
     RenameRule(rf"{_BLOCK}\.ffn\.layers\.4\.bias", r"backbone.stages.\1.blocks.\2.mlp.fc2.bias"),
-    RenameRule(rf"backbone\.layers\.(\d)\.2\.{_PARAM}", r"backbone.stages.\1.norm.\2"),
+    RenameRule(rf"{_BACKBONE}layers\.(\d)\.2\.{_PARAM}", r"backbone.stages.\1.norm.\2"),
     RenameRule(r"decode_head\.convs\.(\d)\.conv\.weight", r"decode_head.linear_c.\1.conv.weight"),
     RenameRule(rf"decode_head\.convs\.(\d)\.bn\.{_BN}", r"decode_head.linear_c.\1.norm.\2"),
     RenameRule(r"decode_head\.fusion_conv\.conv\.weight", "decode_head.linear_fuse.conv.weight", fuse_weight_to_seglab),
@@ -84,18 +91,24 @@ def _split_in_proj(source: SourceKeys, target: TargetDict) -> None:
 def convert_segformer_mmseg(
     state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict"
 ) -> ConversionResult:
-    """Converts an mmsegmentation SegFormer (`MixVisionTransformer` + `SegformerHead`) state dict.
+    """Converts an mmsegmentation SegFormer (`MixVisionTransformer` + `SegformerHead`) state dict, or a
+    `mit2mmseg` ImageNet encoder.
 
     Args:
-        state_dict: the checkpoint's `state_dict` (keys start with `backbone.` and `decode_head.`).
+        state_dict: the checkpoint's `state_dict` (keys start with `backbone.` and `decode_head.`), or the
+            encoder's (`layers.{i}.*`): then the result is backbone-only.
         model_name: the seglab model the weights are for, `segformer_b0` .. `segformer_b5`.
         origin: the file name, for error messages.
     """
     variant = segformer_variant(model_name, "mmseg")
+    backbone_only = not has_decode_head(state_dict)
     source = SourceKeys(state_dict, origin)
     target = TargetDict()
     _split_in_proj(source, target)
     apply_rename_table(source, target, MMSEG_SEGFORMER_TABLE)
+    if backbone_only:
+        source.check_consumed(f"{model_name} (mmseg layout, backbone only)")
+        return finalize(source, target, model_name, None, MMSEG_EPS_OVERRIDES, backbone_only=True)
     source.check_consumed(f"{model_name} (mmseg layout)")
     num_classes, head_overrides = segformer_head_options(target, variant)
     return finalize(source, target, model_name, num_classes, {**MMSEG_OVERRIDES, **head_overrides})

@@ -60,14 +60,37 @@ def build_model(config: RunConfig, num_classes: int | None, checkpoint: str | No
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
-    """Loads backbone weights strictly: keys with or without the `backbone.` prefix; head keys are ignored."""
+    """Loads pretrained weights into `model.backbone` strictly.
+
+    Args:
+        model: a model with a `backbone` attribute (every `EncoderDecoder`).
+        path: a seglab file whose keys are `backbone.*` (what `seglab convert` writes for an ImageNet encoder such
+            as `mit_b0.pth`; a whole-model checkpoint works too, its other keys are ignored), or a state dict of
+            the backbone alone (keys without the prefix). Every backbone tensor must be present with its shape.
+    """
     state = load_state_dict(path)
-    if any(k.startswith("backbone.") for k in state):
+    prefixed = any(k.startswith("backbone.") for k in state)
+    if prefixed:
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    result = model.backbone.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"pretrained backbone weights {path} do not fit {type(model.backbone).__name__}: "
-                         f"missing {result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}")
+    own = model.backbone.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        name = getattr(model, "model_name", type(model).__name__)
+        lines = [f"pretrained backbone weights {path} do not fit the {type(model.backbone).__name__} of {name}:"]
+        if mismatched:
+            lines.append(f"  shape mismatches ({len(mismatched)}; another variant?): {'; '.join(mismatched[:6])}")
+        if missing:
+            lines.append(f"  missing ({len(missing)}): {', '.join(missing[:8])}")
+        if unexpected:
+            lines.append(f"  unexpected ({len(unexpected)}): {', '.join(unexpected[:8])}")
+        if not prefixed:
+            lines.append(f"  a foreign checkpoint must be converted first: seglab convert --source official|mmseg|hf "
+                         f"--model {name} {path} DST.safetensors")
+        raise ValueError("\n".join(lines))
+    model.backbone.load_state_dict(state, strict=True)
 
 
 def _same_size_batches(dataset, batch_size: int):
@@ -97,7 +120,7 @@ def evaluate(model: nn.Module, dataset, config: RunConfig, num_classes: int, dev
     model.eval()
     align_corners = bool(getattr(getattr(model, "decode_head", None), "align_corners", False))
     for samples in _same_size_batches(dataset, config.data.val_batch_size):
-        images = torch.stack([transform(s["image"]) for s in samples]).to(device)
+        images = torch.stack([transform(s["image"])[0] for s in samples]).to(device)
         masks = torch.stack([s["mask"] for s in samples]).to(device)
         probs = predict(model, images, mode=ev.mode, crop_size=ev.crop_size, stride=ev.stride, flip=ev.flip,
                         scales=ev.scales, out_size=tuple(masks.shape[-2:]), align_corners=align_corners)

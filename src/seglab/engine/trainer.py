@@ -208,7 +208,9 @@ class Trainer:
             progress.write(f"iter {self.iteration}: mIoU {miou:.4f} (best {self.best_miou:.4f})")
         return metrics
 
-    def train(self, resume: bool = False, progress: bool = True) -> TrainResult:
+    def train(self, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> TrainResult:
+        """Runs the schedule to `schedule.iters`, or pauses after iteration `stop_at` (with a checkpoint there),
+        for jobs cut into time slices; `resume=True` continues from the latest checkpoint."""
         from tqdm import tqdm
 
         cfg = self.config
@@ -220,8 +222,11 @@ class Trainer:
                 (self.work_dir / stale).unlink(missing_ok=True)
         atomic_write(self.work_dir / "config.yaml", lambda tmp: Path(tmp).write_text(dump_config(cfg)))
         sampler = StreamBatchSampler(len(self.train_set), cfg.data.batch_size, cfg.train.seed, self.iteration)
+        # the loader's own generator: creating its iterator would otherwise draw from the global RNG and make a
+        # resumed run's dropout/drop-path stream differ from the uninterrupted one
         loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                            collate_fn=_stack_pairs, persistent_workers=cfg.data.num_workers > 0)
+                            collate_fn=_stack_pairs, persistent_workers=cfg.data.num_workers > 0,
+                            generator=torch.Generator().manual_seed(cfg.train.seed))
         writer = _tensorboard_writer(self.work_dir)
         bar = tqdm(total=cfg.schedule.iters, initial=self.iteration, disable=not progress, dynamic_ncols=True,
                    desc="train")
@@ -261,8 +266,10 @@ class Trainer:
             last = self.iteration == cfg.schedule.iters
             if self.evaluate_fn is not None and (self.iteration % cfg.eval.interval == 0 or last):
                 metrics = self._evaluate(writer, bar if progress else None)
-            if self.iteration % cfg.train.checkpoint_interval == 0 or last:
+            if self.iteration % cfg.train.checkpoint_interval == 0 or last or self.iteration == stop_at:
                 self.save_checkpoint()
+            if self.iteration == stop_at:
+                break
         bar.close()
         if writer is not None:
             writer.close()
