@@ -215,9 +215,16 @@ class MixVisionTransformer(nn.Module):
             infos.append(FeatureInfo(channels=dim, stride=stride))
         self.stages = nn.ModuleList(stages)
         self.feature_info = [infos[i] for i in self.out_indices]
+        # the stage-1 map must be at least as large as its reduction conv's kernel (sr_ratio)
+        first = config.sr_ratios[0]
+        self.min_input_size = (first - 1) * config.strides[0] + config.patch_sizes[0] - 2 * (config.patch_sizes[0] // 2)
         self.apply(_init_weights)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.shape[-2] < self.min_input_size or x.shape[-1] < self.min_input_size:
+            raise ValueError(f"MiT needs inputs of at least {self.min_input_size}x{self.min_input_size} pixels "
+                             f"(its first stage reduces keys by {self.stages[0].blocks[0].attn.sr_ratio}), got "
+                             f"{x.shape[-2]}x{x.shape[-1]}; use a larger image, crop or scale")
         outs = []
         for i, stage in enumerate(self.stages):
             x = stage(x)

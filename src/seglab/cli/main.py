@@ -158,13 +158,10 @@ def cmd_predict(args) -> int:
 
 # ---------------------------------------------------------------------------------------------------- models / info
 def cmd_models(args) -> int:
-    from seglab.tools.flops import model_table
+    from seglab.registry import list_models
+    from seglab.tools.flops import format_model_table, model_table
 
-    rows = model_table(None, size=(args.size, args.size))
-    print(f"{'name':<20}{'params (M)':>12}{'paper (M)':>11}{'GFLOPs@' + str(args.size):>14}")
-    for row in rows:
-        paper = "" if row["published_params_m"] is None else f"{row['published_params_m']:.1f}"
-        print(f"{row['name']:<20}{row['params_m']:>12.2f}{paper:>11}{row['gflops']:>14.1f}")
+    print(format_model_table(model_table(list_models(), size=(args.size, args.size)), size=args.size))
     return 0
 
 

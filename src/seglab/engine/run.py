@@ -17,15 +17,22 @@ from seglab.registry import create_model
 
 
 def prepare_data(config: RunConfig) -> None:
-    """Writes a generated dataset (`data.dataset: shapes`) to `data.root` if it is not there yet."""
+    """Writes a generated dataset (`data.dataset: shapes`) to `data.root` when it is missing, or when
+    `data.generate` asks for other settings than the ones it was written with."""
     if config.data.dataset != "shapes":
         return
-    root = Path(config.data.root)
-    if (root / "dataset.yaml").is_file():
-        return
+    from seglab.data.datasets import read_dataset_meta
     from seglab.data.synthetic import generate_shapes
 
+    root = Path(config.data.root)
     gen = {"n_train": 1000, "n_val": 100, "size": 128, "seed": 0, **config.data.generate}
+    unknown = set(gen) - {"n_train", "n_val", "size", "seed"}
+    if unknown:
+        raise ValueError(f"data.generate: unknown key(s) {sorted(unknown)}; valid: n_train, n_val, size, seed")
+    meta = read_dataset_meta(root) if (root / "dataset.yaml").is_file() else None
+    source = (meta or {}).get("source") or {}
+    if meta is not None and all(source.get(k) == v for k, v in config.data.generate.items()):
+        return  # there, and written with the requested settings
     generate_shapes(root, n_train=gen["n_train"], n_val=gen["n_val"], size=gen["size"], seed=gen["seed"])
 
 
