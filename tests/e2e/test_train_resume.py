@@ -71,3 +71,17 @@ def test_run_writes_logs_checkpoints_and_config(shapes_root, tmp_path):
 def test_resume_without_checkpoint_is_a_clear_error(shapes_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         run_training(tiny_config(shapes_root, tmp_path / "empty"), resume=True, progress=False)
+
+
+def test_bf16_autocast_and_gradient_clipping_train(shapes_root, tmp_path):
+    config = tiny_config(shapes_root, tmp_path / "amp", iters=2)
+    config.train.amp = "bf16"
+    config.optim.grad_clip = 0.5
+    model, _, result = run_training(config, progress=False)
+    assert result.iterations == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    records = [json.loads(line) for line in (tmp_path / "amp" / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss"] > 0 for r in records if r["kind"] == "train")
+    config.train.amp = "fp8"
+    with pytest.raises(ValueError, match="train.amp: expected none, bf16 or fp16"):
+        run_training(config, progress=False)
