@@ -50,8 +50,9 @@ def run_demo(config_path: str, out: str, overrides: list[str] | None = None, num
     print(format_table(metrics, classes))
     print(f"[demo] mIoU {metrics['mIoU']:.4f} on {len(val_set)} validation images; "
           f"training {train_time / 60:.1f} min, total {total / 60:.1f} min")
-    print(f"[demo] wrote {out_dir}/: final.safetensors, best.safetensors, config.yaml, log.jsonl, tensorboard/, "
-          f"training_curve.png, metrics.json, overlays/ ({len(drawn)} images: input | ground truth | prediction)")
+    print(f"[demo] wrote {out_dir}/: {_final_checkpoint(out_dir).name} (+ .state.pt), best.safetensors, config.yaml, "
+          f"log.jsonl, tensorboard/, training_curve.png, metrics.json, "
+          f"overlays/ ({len(drawn)} images: input | ground truth | prediction)")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -228,8 +229,9 @@ class Trainer:
                             collate_fn=_stack_pairs, persistent_workers=cfg.data.num_workers > 0,
                             generator=torch.Generator().manual_seed(cfg.train.seed))
         writer = _tensorboard_writer(self.work_dir)
+        # redraw twice a second on a terminal, every 30 s into a log file
         bar = tqdm(total=cfg.schedule.iters, initial=self.iteration, disable=not progress, dynamic_ncols=True,
-                   desc="train")
+                   desc="train", mininterval=0.5 if sys.stderr.isatty() else 30.0)
         self.model.train()
         metrics = None
         align_corners = bool(getattr(getattr(self.model, "decode_head", None), "align_corners", False))
