@@ -115,21 +115,26 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def describe_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
+    """Lines naming the keys missing from `state`, unexpected in it, and of another shape; empty if it fits."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    lines = []
+    if mismatched:
+        lines.append(f"  shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:8])}")
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:10])}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:10])}")
+    return lines
+
+
 def load_model_weights(model: nn.Module, path: str | Path) -> None:
     """Loads a seglab checkpoint into `model` strictly, with an error that lists what does not match."""
     state = load_state_dict(path)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        lines = [f"checkpoint {path} does not fit the model:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:10])}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:10])}")
-        if mismatched:
-            lines.append(f"  shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:10])}")
-        raise ValueError("\n".join(lines))
+    problems = describe_mismatch(model.state_dict(), state)
+    if problems:
+        raise ValueError("\n".join([f"checkpoint {path} does not fit the model:", *problems]))
     model.load_state_dict(state, strict=True)

@@ -10,7 +10,7 @@ from torch import nn
 from seglab.config import RunConfig
 from seglab.data.datasets import build_dataset
 from seglab.data.transforms import TestTransform, TrainTransform
-from seglab.engine.checkpoint import load_state_dict
+from seglab.engine.checkpoint import describe_mismatch, load_state_dict
 from seglab.inference import predict
 from seglab.metrics import ConfusionMatrix
 from seglab.registry import create_model
@@ -79,20 +79,11 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     prefixed = any(k.startswith("backbone.") for k in state)
     if prefixed:
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    own = model.backbone.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
+    problems = describe_mismatch(model.backbone.state_dict(), state)
+    if problems:
         name = getattr(model, "model_name", type(model).__name__)
-        lines = [f"pretrained backbone weights {path} do not fit the {type(model.backbone).__name__} of {name}:"]
-        if mismatched:
-            lines.append(f"  shape mismatches ({len(mismatched)}; another variant?): {'; '.join(mismatched[:6])}")
-        if missing:
-            lines.append(f"  missing ({len(missing)}): {', '.join(missing[:8])}")
-        if unexpected:
-            lines.append(f"  unexpected ({len(unexpected)}): {', '.join(unexpected[:8])}")
+        lines = [f"pretrained backbone weights {path} do not fit the {type(model.backbone).__name__} of {name} "
+                 f"(another variant?):", *problems]
         if not prefixed:
             lines.append(f"  a foreign checkpoint must be converted first: seglab convert --source official|mmseg|hf "
                          f"--model {name} {path} DST.safetensors")
