@@ -35,7 +35,7 @@ def run_demo(config_path: str, out: str, overrides: list[str] | None = None, num
     drawn = []
 
     def draw(samples, labels):
-        for sample, pred in zip(samples, labels):
+        for sample, pred in zip(samples, labels, strict=True):
             if len(drawn) >= num_overlays:
                 return
             name = Path(sample["path"]).stem

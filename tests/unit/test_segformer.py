@@ -35,7 +35,7 @@ def test_feature_and_logit_shapes_at_odd_sizes(size):
     x = torch.randn(2, 3, *size)
     features = model.backbone(x)
     assert [f.shape[1] for f in features] == [i.channels for i in model.backbone.feature_info] == [32, 64, 160, 256]
-    for feature, info in zip(features, model.backbone.feature_info):
+    for feature, info in zip(features, model.backbone.feature_info, strict=True):
         assert feature.shape[-2] == _stage_size(size[0], info.stride)
         assert feature.shape[-1] == _stage_size(size[1], info.stride)
     logits = model(x)

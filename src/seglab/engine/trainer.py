@@ -279,7 +279,7 @@ class Trainer:
 
 
 def _stack_pairs(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    images, masks = zip(*batch)
+    images, masks = zip(*batch, strict=True)
     return torch.stack(images), torch.stack(masks)
 
 

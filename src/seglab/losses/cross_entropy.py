@@ -53,7 +53,7 @@ def segmentation_loss(
                          f"were configured (loss.aux_weights)")
     loss = cross_entropy(logits, labels, class_weights, ignore_index, align_corners)
     parts = {"loss_main": loss.item()}
-    for i, (aux, weight) in enumerate(zip(aux_logits, aux_weights)):
+    for i, (aux, weight) in enumerate(zip(aux_logits, aux_weights, strict=True)):
         aux_loss = weight * cross_entropy(aux, labels, class_weights, ignore_index, align_corners)
         parts[f"loss_aux{i}"] = aux_loss.item()
         loss = loss + aux_loss
