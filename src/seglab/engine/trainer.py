@@ -259,7 +259,7 @@ class Trainer:
             self.iteration += 1
             window_loss.append(loss.item())
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
             if self.iteration % cfg.train.log_interval == 0 or self.iteration == cfg.schedule.iters:
                 elapsed = time.perf_counter() - window_start
                 self._log({"kind": "train", "iter": self.iteration, "loss": float(np.mean(window_loss)), "lr": lr,
