@@ -46,7 +46,7 @@ class TestTransformConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "folder"  # folder | shapes
+    dataset: str = "folder"  # seglab.data.datasets.list_datasets(): folder, shapes, ade20k, cityscapes, ...
     root: str = "data/shapes"
     train_split: str = "train"
     val_split: str = "val"
@@ -61,6 +61,8 @@ class DataConfig:
     test_transform: TestTransformConfig = field(default_factory=TestTransformConfig)
     # generated datasets only ("shapes"): written to `root` when it does not exist yet
     generate: dict[str, Any] = field(default_factory=dict)
+    # further `build_dataset` keyword arguments (FolderPairs options, e.g. {reduce_zero_label: false})
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +75,10 @@ class OptimConfig:
     # mmcv paramwise custom_keys: the longest matching substring of a parameter name wins
     paramwise: dict[str, dict[str, float]] = field(default_factory=dict)
     grad_clip: float | None = None  # max global L2 norm
+    accumulate: int = 1  # micro-batches per optimizer step (loss scaled 1/accumulate); an iteration is one step
+    # total batch (processes x batch_size x accumulate) that `lr` was tuned for; when set, lr is scaled linearly
+    # to this run's total batch (seglab.engine.trainer.scale_lr)
+    reference_batch: int | None = None
 
 
 @dataclass
@@ -109,6 +115,13 @@ class TrainConfig:
     checkpoint_interval: int = 16000
     keep_checkpoints: int = 2
     work_dir: str = "work_dirs/run"
+    sync_bn: bool = False  # SyncBatchNorm across processes (torchrun on CUDA); BatchNorm otherwise
+    norm_eval: bool = False  # keep BatchNorm layers in eval mode while training (frozen statistics)
+    compile: bool = False  # torch.compile the training forward
+    channels_last: bool = False  # channels-last memory format for the model and the input batches
+    ema: float | None = None  # decay of an exponential moving average of the weights (evaluated, ema.safetensors)
+    max_bad_losses: int = 0  # NaN/inf steps to skip before stopping (0: stop at the first)
+    init_from: str | None = None  # fine-tune: load the tensors of this checkpoint that fit (seglab train --init-from)
 
 
 @dataclass

@@ -43,7 +43,8 @@ def run_demo(config_path: str, out: str, overrides: list[str] | None = None, num
                               sample["mask"].numpy(), pred.numpy(), palette)
             drawn.append(name)
 
-    metrics = evaluate(model, val_set, config, num_classes, on_batch=draw)
+    metrics = evaluate(model, val_set, config, num_classes, on_batch=draw,
+                       confusion_png=out_dir / "confusion_matrix.png", class_names=classes)
     plot_training_curve(out_dir / "log.jsonl", out_dir / "training_curve.png")
     (out_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
     total = time.perf_counter() - start
@@ -51,7 +52,7 @@ def run_demo(config_path: str, out: str, overrides: list[str] | None = None, num
     print(f"[demo] mIoU {metrics['mIoU']:.4f} on {len(val_set)} validation images; "
           f"training {train_time / 60:.1f} min, total {total / 60:.1f} min")
     print(f"[demo] wrote {out_dir}/: {_final_checkpoint(out_dir).name} (+ .state.pt), best.safetensors, config.yaml, "
-          f"log.jsonl, tensorboard/, training_curve.png, metrics.json, "
+          f"log.jsonl, tensorboard/, training_curve.png, confusion_matrix.png, metrics.json, "
           f"overlays/ ({len(drawn)} images: input | ground truth | prediction)")
     return 0
 

@@ -54,9 +54,12 @@ def test_train_eval_predict(run_config, shapes, tmp_path, capsys):
     assert meta.model == "segformer_b0" and meta.num_classes == 6 and meta.overrides == {"drop_path_rate": 0.0}
 
     metrics_path = tmp_path / "metrics.json"
-    assert main(["eval", str(run_config), "--checkpoint", str(checkpoint), "--out", str(metrics_path)]) == 0
+    confusion = tmp_path / "confusion.png"
+    assert main(["eval", str(run_config), "--checkpoint", str(checkpoint), "--out", str(metrics_path),
+                 "--confusion", str(confusion)]) == 0
     metrics = json.loads(metrics_path.read_text())
     assert 0.0 <= metrics["aAcc"] <= 1.0 and len(metrics["IoU"]) == 6
+    assert Image.open(confusion).size[0] > 100
 
     preds = tmp_path / "preds"
     val_dir = shapes / "images" / "val"

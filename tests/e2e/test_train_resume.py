@@ -9,6 +9,9 @@ from safetensors.torch import load_file
 from seglab.cli.main import run_training
 from seglab.config import load_config
 from seglab.data.synthetic import generate_shapes
+from seglab.engine.checkpoint import read_checkpoint_meta
+from seglab.engine.run import build_model, build_split, evaluate
+from seglab.engine.trainer import ModelEma, scale_lr
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +59,16 @@ def test_run_writes_logs_checkpoints_and_config(shapes_root, tmp_path):
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["iter"] for r in train] == [1, 2, 3, 4]
     assert all(r["loss"] > 0 and r["lr"] > 0 for r in train)
+    # observability: loss parts, data time vs step time, throughput, peak memory (process RSS on CPU)
+    for r in train:
+        assert r["loss_main"] == pytest.approx(r["loss"])  # no auxiliary heads: the main loss is the loss
+        assert r["data_time"] > 0 and r["step_time"] > 0
+        assert r["sec_per_iter"] == pytest.approx(r["data_time"] + r["step_time"])
+        assert r["images_per_s"] == pytest.approx(2 / r["sec_per_iter"])
+        assert r["peak_mem_mb"] > 50
     assert [r["iter"] for r in evals] == [2, 4]
     assert 0.0 <= evals[-1]["mIoU"] <= 1.0
+    assert len(evals[-1]["IoU"]) == len(evals[-1]["Acc"]) == 6 and evals[-1]["num_pixels"] == 4 * 48 * 48
     assert result.best_miou == max(r["mIoU"] for r in evals)
     assert (work / "best.safetensors").is_file()
     assert (work / "iter_4.safetensors").is_file() and (work / "iter_4.state.pt").is_file()
@@ -85,3 +96,81 @@ def test_bf16_autocast_and_gradient_clipping_train(shapes_root, tmp_path):
     config.train.amp = "fp8"
     with pytest.raises(ValueError, match="train.amp: expected none, bf16 or fp16"):
         run_training(config, progress=False)
+
+
+def test_model_ema_update_rule():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = ModelEma(model, decay=0.75)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.add_(4.0)
+    model(torch.randn(8, 2))  # BN statistics and batch counter move too
+    ema.update()
+    for key, value in model.state_dict().items():
+        expected = value if not value.is_floating_point() else 0.75 * before[key] + 0.25 * value
+        torch.testing.assert_close(ema.module.state_dict()[key], expected)
+    assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
+    with pytest.raises(ValueError, match="train.ema"):
+        ModelEma(model, decay=1.0)
+
+
+def test_ema_is_saved_evaluated_and_resumed_exactly(shapes_root, tmp_path):
+    def config(work):
+        c = tiny_config(shapes_root, work)
+        c.train.ema = 0.5
+        return c
+
+    run_training(config(tmp_path / "straight"), progress=False)
+    run_training(config(tmp_path / "split"), progress=False, stop_at=3)
+    run_training(config(tmp_path / "split"), resume=True, progress=False)
+    straight = load_file(tmp_path / "straight" / "ema.safetensors")
+    resumed = load_file(tmp_path / "split" / "ema.safetensors")
+    weights, _ = final_weights(tmp_path / "straight")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    assert any(not torch.equal(straight[k], weights[k]) for k in weights if k.endswith("weight"))
+    assert read_checkpoint_meta(tmp_path / "straight" / "ema.safetensors").extra["iteration"] == "6"
+    # evaluation used the EMA weights
+    records = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    last_eval = [r for r in records if r["kind"] == "eval"][-1]
+    assert last_eval["weights"] == "ema"
+    c = config(tmp_path / "straight")
+    model = build_model(c, 6, checkpoint=str(tmp_path / "straight" / "ema.safetensors"))
+    assert evaluate(model, build_split(c, "val"), c, 6)["mIoU"] == last_eval["mIoU"]
+
+
+def test_channels_last_and_compile_train_like_the_default(shapes_root, tmp_path, monkeypatch):
+    compiled = []
+
+    def spy_compile(module, **kwargs):  # the real torch.compile takes ~10 s to trace on 2 CPU cores
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", spy_compile)
+    plain = tiny_config(shapes_root, tmp_path / "plain", iters=2)
+    run_training(plain, progress=False)
+    fast = tiny_config(shapes_root, tmp_path / "fast", iters=2)
+    fast.train.channels_last = True
+    fast.train.compile = True
+    model, _, _ = run_training(fast, progress=False)
+    assert len(compiled) == 1 and compiled[0].model is model  # the training forward is what gets compiled
+    assert model.backbone.stages[0].patch_embed.proj.weight.is_contiguous(memory_format=torch.channels_last)
+    a, _ = final_weights(tmp_path / "plain")
+    b, _ = final_weights(tmp_path / "fast")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_linear_lr_scaling(shapes_root, tmp_path, capsys):
+    assert scale_lr(6e-5, batch_size=8, reference_batch=16) == pytest.approx(3e-5)
+    with pytest.raises(ValueError, match="batch sizes must be >= 1"):
+        scale_lr(1e-3, batch_size=0, reference_batch=16)
+    config = tiny_config(shapes_root, tmp_path / "scaled", iters=1)
+    config.optim.reference_batch = 8  # lr 1e-3 was tuned for a total batch of 8; this run's is 2 x accumulate 2
+    config.optim.accumulate = 2
+    config.schedule.warmup_iters = 0
+    run_training(config, progress=False)
+    assert "lr = 0.0005" in capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "scaled" / "log.jsonl").read_text().splitlines()]
+    (train,) = [r for r in records if r["kind"] == "train"]
+    assert train["lr"] == pytest.approx(5e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,12 @@ from torch.utils.data import DataLoader
 
 from seglab.data.datasets import (
     DatasetError,
+    DatasetWarning,
     FolderPairs,
     build_dataset,
     collate,
     collate_list,
+    read_image,
     read_mask,
 )
 from seglab.data.synthetic import SHAPES_CLASSES, generate_shapes
@@ -223,8 +226,10 @@ def test_build_dataset(tmp_path, root):
     assert ds.classes == SHAPES_CLASSES and len(ds) == 3
     with pytest.raises(DatasetError, match="seglab data shapes --out"):
         build_dataset("shapes", tmp_path / "absent", "train")
-    with pytest.raises(KeyError, match="unknown dataset 'ade'; available: folder, shapes"):
+    with pytest.raises(KeyError, match="unknown dataset 'ade'; available: folder, shapes, ade20k"):
         build_dataset("ade", root, "train")
+    with pytest.raises(DatasetError, match=r"unknown option\(s\) 'colours' for dataset 'folder'"):
+        build_dataset("folder", root, "train", colours=[])
 
 
 def test_collate_and_loader(tmp_path):
@@ -242,3 +247,113 @@ def test_collate_of_different_sizes(root):
         collate([ds[0], ds[1]])
     listed = collate_list([ds[0], ds[1]])
     assert [tuple(m.shape) for m in listed["mask"]] == [(6, 8), (5, 5)]
+
+
+# ---------------------------------------------------------------------------------------------------- decoding
+def _png16(path: Path, array: np.ndarray) -> Path:
+    """Writes a 16-bit PNG (gray (H, W) or RGB (H, W, 3)) byte by byte: PIL cannot write 16-bit RGB."""
+    import struct
+    import zlib
+
+    h, w = array.shape[:2]
+    colour_type = 2 if array.ndim == 3 else 0
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_grayscale_image_is_replicated_and_noted_once_per_dataset(root):
+    gray = np.arange(48, dtype=np.uint8).reshape(6, 8)
+    Image.fromarray(gray).save(root / "images" / "train" / "a.jpg", quality=100)
+    Image.fromarray(gray).save(root / "images" / "train" / "b.png")
+    ds = FolderPairs(root, "train")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = ds[0]["image"], ds[1]["image"]
+    notes = [str(w.message) for w in caught if issubclass(w.category, DatasetWarning)]
+    assert len(notes) == 1 and "a.jpg is grayscale: its channel is replicated" in notes[0]  # once, not per image
+    assert first.shape == (3, 6, 8) and torch.equal(first[0], first[1]) and torch.equal(first[1], first[2])
+    assert torch.equal(second, torch.from_numpy(gray)[None].expand(3, 6, 8))
+
+
+def test_rgba_image_drops_alpha(tmp_path):
+    rgba = np.random.default_rng(0).integers(0, 256, (4, 5, 4), dtype=np.uint8)
+    rgba[..., 3] = 0  # fully transparent: the colours must still come through unblended
+    Image.fromarray(rgba).save(tmp_path / "x.png")
+    with pytest.warns(DatasetWarning, match="has an alpha channel: it is dropped"):
+        image = read_image(tmp_path / "x.png")
+    assert torch.equal(image, torch.from_numpy(rgba[..., :3]).permute(2, 0, 1))
+
+
+def test_sixteen_bit_images_are_scaled_to_eight_bits(tmp_path):
+    gray = np.array([[0, 257, 25700], [65535, 511, 256]], np.uint16)
+    Image.fromarray(gray).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    with pytest.warns(DatasetWarning) as caught:
+        image = read_image(tmp_path / "g16.png")
+    assert {"16 bits a channel", "grayscale"} <= {k for w in caught for k in ("16 bits a channel", "grayscale")
+                                                  if k in str(w.message)}
+    assert image[0].tolist() == [[0, 1, 100], [255, 1, 1]] and torch.equal(image[0], image[2])
+    rgb = (np.arange(18, dtype=np.uint16).reshape(2, 3, 3) * 3000)
+    with pytest.warns(DatasetWarning, match="16 bits a channel"):
+        image = read_image(_png16(tmp_path / "rgb16.png", rgb))
+    assert torch.equal(image, torch.from_numpy((rgb >> 8).astype(np.uint8)).permute(2, 0, 1))
+
+
+def test_empty_and_truncated_files_are_named(root):
+    (root / "images" / "train" / "b.png").write_bytes(b"")
+    ds = FolderPairs(root, "train")
+    with pytest.raises(DatasetError, match=r"cannot decode image .*b\.png: the file is empty \(0 bytes\)"):
+        ds[1]
+    png = (root / "annotations" / "train" / "a.png").read_bytes()
+    (root / "annotations" / "train" / "a.png").write_bytes(png[: len(png) // 2])
+    with pytest.raises(DatasetError, match=r"cannot decode mask .*a\.png: the file is truncated"):
+        ds[0]
+    jpeg = root / "images" / "val" / "c.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(jpeg, quality=95)
+    data = jpeg.read_bytes()
+    jpeg.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=r"cannot decode image .*c\.jpg: the file is truncated"):
+        read_image(jpeg)
+    (root / "annotations" / "train" / "a.png").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"cannot decode mask .*a\.png: the file is empty"):
+        read_mask(root / "annotations" / "train" / "a.png")
+
+
+def test_gray_mask_saved_as_rgb_gets_a_hint(tmp_path):
+    Image.fromarray(np.ones((2, 2, 3), np.uint8)).save(tmp_path / "m.png")
+    with pytest.raises(DatasetError, match=r"RGB-mode image.*three channels are equal: save it as an L-mode"):
+        read_mask(tmp_path / "m.png")
+
+
+def test_sixteen_bit_mask_keeps_its_values(tmp_path):
+    Image.fromarray(np.array([[0, 300], [2, 65535]], np.uint16)).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png").tolist() == [[0, 300], [2, 65535]]
+
+
+def test_folder_layout_with_a_split_list(root):
+    # images directly in img_dir, names from a list (Pascal-style), on the generic reader
+    for stem in ("x", "y", "z"):
+        _write_pair(root, "flat", stem)
+    (root / "lists").mkdir()
+    (root / "lists" / "mine.txt").write_text("y\n\nx\n")
+    ds = FolderPairs(root, "mine", img_dir="images/flat", ann_dir="annotations/flat", split_file="lists/{split}.txt")
+    assert [p.stem for p, _ in ds.samples] == ["y", "x"]  # list order, blank lines skipped
+    with pytest.raises(DatasetError, match=r"split list .*lists/other\.txt not found; lists found in .*: mine\.txt"):
+        FolderPairs(root, "other", img_dir="images/flat", ann_dir="annotations/flat", split_file="lists/{split}.txt")
+    with pytest.raises(DatasetError, match="1 split list.* for 2 mask folder"):
+        FolderPairs(root, "mine", img_dir="images/flat", ann_dir=("a", "b"), split_file="lists/{split}.txt")
+
+
+def test_skip_unpaired_keeps_the_pairs_and_lists_the_rest(root):
+    (root / "annotations" / "train" / "a.png").unlink()
+    ds = FolderPairs(root, "train", skip_unpaired=True)
+    assert len(ds) == 1 and ds.index.images_without_masks == ["a"]
+    (root / "annotations" / "train" / "b.png").unlink()
+    with pytest.raises(DatasetError, match="split 'train' of .* has no image with a mask; 2 image"):
+        FolderPairs(root, "train", skip_unpaired=True)

@@ -9,10 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
+from seglab.metrics import ConfusionMatrix
 from seglab.tools.visualize import (
     colorize,
     make_palette,
     overlay,
+    plot_confusion_matrix,
     plot_training_curve,
     save_label_png,
     save_overlay_png,
@@ -157,4 +159,56 @@ def test_plot_training_curve_bad_input(tmp_path):
     _write_log(log, [{"kind": "info"}])
     with pytest.raises(ValueError, match="no train records"):
         plot_training_curve(log, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def _colour_share(path, rgb) -> float:
+    """Fraction of the PNG's pixels that have exactly colour `rgb`."""
+    with Image.open(path) as picture:
+        pixels = np.asarray(picture.convert("RGB")).reshape(-1, 3)
+    return float((pixels == np.asarray(rgb, dtype=np.uint8)).all(axis=1).mean())
+
+
+def test_plot_confusion_matrix_colours_rows_and_marks_absent_classes(tmp_path):
+    from matplotlib import colormaps
+
+    cm = ConfusionMatrix(6)
+    target = torch.tensor([0] * 50 + [2] * 40 + [3] * 30 + [4] * 20 + [5] * 10)
+    pred = target.clone()
+    pred[50:60] = 3  # a quarter of class 2 is predicted as 3
+    cm.update(pred, target)  # class 1 never occurs in the target
+    names = ["road", "sidewalk", "building", "wall", "fence", "pole"]
+    out = plot_confusion_matrix(cm, names, tmp_path / "plots" / "cm.png")
+    assert out == tmp_path / "plots" / "cm.png" and [p.name for p in out.parent.iterdir()] == ["cm.png"]
+    with Image.open(out) as picture:
+        assert picture.format == "PNG"
+        small_size = picture.size
+    # rows are normalised: the perfectly predicted classes reach the top of the scale whatever their pixel count
+    full = tuple(round(float(255 * c)) for c in colormaps["Blues"](1.0)[:3])
+    assert _colour_share(out, full) > 0.05
+    # the absent class's row is grey, not "0 % accuracy"
+    assert _colour_share(out, (217, 217, 217)) > 0.02
+    cm.update(torch.tensor([1] * 10), torch.tensor([1] * 10))
+    plot_confusion_matrix(cm.matrix, names, tmp_path / "full.png")
+    assert _colour_share(tmp_path / "full.png", (217, 217, 217)) < 0.001
+    # raw counts and the other normalisations draw too
+    for mode in ("pred", "all", None):
+        assert plot_confusion_matrix(cm.matrix.numpy(), None, tmp_path / f"{mode}.png", normalize=mode).is_file()
+
+    # ADE20K-sized: the figure grows instead of squeezing 150 labels into a small one
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 5, size=(150, 150)) + np.diag(rng.integers(50, 100, size=150))
+    with Image.open(plot_confusion_matrix(counts, [f"class {i}" for i in range(150)], tmp_path / "ade.png")) as pic:
+        assert pic.size[0] > 2 * small_size[0] and pic.size[1] > 2 * small_size[1]
+
+
+def test_plot_confusion_matrix_bad_input(tmp_path):
+    with pytest.raises(ValueError, match=r"square \(K, K\).*\(3, 4\)"):
+        plot_confusion_matrix(np.ones((3, 4)), None, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="2 class names for a 3x3"):
+        plot_confusion_matrix(np.ones((3, 3)), ["a", "b"], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        plot_confusion_matrix(np.ones((3, 3)), None, tmp_path / "x.png", normalize="rows")
+    with pytest.raises(ValueError, match="non-negative"):
+        plot_confusion_matrix(-np.ones((3, 3)), None, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()

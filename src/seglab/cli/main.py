@@ -39,52 +39,86 @@ def _class_info(dataset, num_classes: int) -> tuple[list[str], list]:
 
 
 # ---------------------------------------------------------------------------------------------------- train / eval
-def run_training(config, resume: bool = False, progress: bool = True, stop_at: int | None = None):
-    """Trains as `config` says; returns (model, val_set, TrainResult)."""
+def run_training(config, resume: bool = False, progress: bool = True, stop_at: int | None = None,
+                 init_from: str | None = None):
+    """Trains as `config` says; returns (model, val_set, TrainResult).
+
+    Under torchrun (`torchrun --nproc-per-node N -m seglab.cli train CONFIG`) each process joins the job here and
+    trains its share; rank 0 generates missing data, logs and writes checkpoints. `init_from` (a checkpoint)
+    sets `train.init_from`: the tensors of that file that fit the model are loaded before training starts.
+    """
+    from seglab.engine.distributed import barrier, is_main_process, setup_distributed
     from seglab.engine.run import build_model, build_split, build_train_transform, evaluate, prepare_data
     from seglab.engine.trainer import Trainer, seed_everything
 
+    context = setup_distributed()
+    if init_from is not None:
+        config.train.init_from = init_from
     seed_everything(config.train.seed)
-    prepare_data(config)
+    if is_main_process():
+        prepare_data(config)
+    barrier()  # the other ranks read generated data only once rank 0 has written it
     train_set = build_split(config, config.data.train_split)
     val_set = build_split(config, config.data.val_split)
     num_classes = config.model.num_classes or len(train_set.classes)
     model = build_model(config, num_classes)
-    device = _device(None)
+    device = context.device
     trainer = Trainer(config, model, train_set, build_train_transform(config),
                       lambda m: evaluate(m, val_set, config, num_classes, device), device=device)
     result = trainer.train(resume=resume, progress=progress, stop_at=stop_at)
-    return model, val_set, result
+    return trainer.model, val_set, result
 
 
 def cmd_train(args) -> int:
-    config = _load_run_config(args)
-    _, val_set, result = run_training(config, resume=args.resume, progress=not args.no_progress,
-                                      stop_at=args.stop_at)
-    if result.final_metrics is not None:
-        from seglab.metrics import format_table
+    from seglab.engine.distributed import is_main_process, shutdown_distributed
+    from seglab.engine.trainer import CheckpointWriteError, NonFiniteLossError
 
-        classes, _ = _class_info(val_set, len(result.final_metrics["IoU"]))
-        print(format_table(result.final_metrics, classes))
-    print(f"checkpoints and logs in {result.work_dir}")
+    config = _load_run_config(args)
+    try:
+        _, val_set, result = run_training(config, resume=args.resume, progress=not args.no_progress,
+                                          stop_at=args.stop_at, init_from=args.init_from)
+    except (NonFiniteLossError, CheckpointWriteError) as exc:
+        if is_main_process():
+            print(f"seglab train: error: {exc}", file=sys.stderr)
+        shutdown_distributed(wait=False)  # a rank that failed alone must not wait for the others
+        return 1
+    except BaseException:
+        shutdown_distributed(wait=False)
+        raise
+    if is_main_process():
+        if result.final_metrics is not None:
+            from seglab.metrics import format_table
+
+            classes, _ = _class_info(val_set, len(result.final_metrics["IoU"]))
+            print(format_table(result.final_metrics, classes))
+        if result.bad_steps:
+            print(f"{result.bad_steps} step(s) skipped for a non-finite loss (train.max_bad_losses)")
+        print(f"checkpoints and logs in {result.work_dir}")
+    shutdown_distributed()
     return 0
 
 
 def cmd_eval(args) -> int:
+    from seglab.engine.distributed import is_main_process, setup_distributed, shutdown_distributed
     from seglab.engine.run import build_model, build_split, evaluate
     from seglab.metrics import format_table
 
     config = _load_run_config(args)
-    val_set = build_split(config, args.split or config.data.val_split)
-    num_classes = config.model.num_classes or len(val_set.classes)
-    model = build_model(config, num_classes, checkpoint=args.checkpoint)
-    device = _device(args.device)
-    metrics = evaluate(model.to(device), val_set, config, num_classes, device)
-    classes, _ = _class_info(val_set, num_classes)
-    print(format_table(metrics, classes))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(_jsonable(metrics), indent=2))
+    context = setup_distributed(args.device)  # under torchrun each rank evaluates a share; metrics are exact
+    try:
+        val_set = build_split(config, args.split or config.data.val_split)
+        num_classes = config.model.num_classes or len(val_set.classes)
+        model = build_model(config, num_classes, checkpoint=args.checkpoint)
+        classes, _ = _class_info(val_set, num_classes)
+        metrics = evaluate(model.to(context.device), val_set, config, num_classes, context.device,
+                           confusion_png=args.confusion, class_names=classes)
+    finally:
+        shutdown_distributed()
+    if is_main_process():
+        print(format_table(metrics, classes))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(_jsonable(metrics), indent=2))
     return 0
 
 
@@ -224,6 +258,30 @@ def cmd_data_shapes(args) -> int:
     return 0
 
 
+def cmd_data_check(args) -> int:
+    from seglab.data.check import check_dataset
+
+    report = check_dataset(args.source, dataset=args.dataset, splits=args.split or None, samples=args.samples)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def cmd_data_convert(args) -> int:
+    from seglab.data import converters
+
+    start = time.perf_counter()
+    if args.kind == "cityscapes":
+        result = converters.convert_cityscapes(args.root, workers=args.workers)
+    elif args.kind == "voc-aug":
+        result = converters.convert_voc_aug(args.root, args.sbd, out_dir=args.out, workers=args.workers)
+    elif args.variant == "10k":
+        result = converters.convert_coco_stuff_10k(args.root, workers=args.workers)
+    else:
+        result = converters.convert_coco_stuff_164k(args.root, workers=args.workers)
+    print(f"{args.kind}: wrote {result.summary()} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
     from seglab.demo import run_demo
@@ -248,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stop-at", type=int, metavar="ITER",
                    help="pause after this iteration (checkpointed); continue later with --resume")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="fine-tune: load the tensors of this checkpoint that fit the model, report the others")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation split")
@@ -255,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="seglab safetensors checkpoint")
     p.add_argument("--split", help="dataset split (default data.val_split)")
     p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument("--confusion", metavar="PNG", help="draw the row-normalised confusion matrix here")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.set_defaults(func=cmd_eval)
 
@@ -312,6 +373,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--size", type=int, default=128)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_data_shapes)
+    q = data_sub.add_parser("check", help="check a dataset's layout, pairs, files and labels; exit 1 on problems")
+    q.add_argument("source", metavar="CONFIG_OR_DIR", help="a run config (its data section) or a dataset root")
+    q.add_argument("--dataset", help="dataset name for a folder (default folder); see docs/datasets.md")
+    q.add_argument("--split", action="append", default=[], help="split to check (repeatable; default train, val)")
+    q.add_argument("--samples", type=int, default=100, help="pairs decoded per split (0: all)")
+    q.set_defaults(func=cmd_data_check)
+    q = data_sub.add_parser("convert", help="prepare a public dataset's masks and lists (see docs/datasets.md)")
+    kinds = q.add_subparsers(dest="kind", required=True)
+    c = kinds.add_parser("cityscapes", help="gtFine *_labelIds.png -> *_labelTrainIds.png (19 train ids)")
+    c.add_argument("root", help="Cityscapes root (holding gtFine/)")
+    c = kinds.add_parser("voc-aug", help="SBD cls/*.mat -> SegmentationClassAug/*.png, aug.txt, trainaug.txt")
+    c.add_argument("root", help="VOCdevkit (holding VOC2012/)")
+    c.add_argument("sbd", help="SBD benchmark_RELEASE (holding dataset/cls/)")
+    c.add_argument("--out", help="mask folder (default VOC2012/SegmentationClassAug)")
+    c = kinds.add_parser("coco-stuff", help="COCO-Stuff ids -> train ids (*_labelTrainIds.png)")
+    c.add_argument("root", help="COCO-Stuff root (164k: images/, annotations/; 10k: the unpacked v1.1 folder)")
+    c.add_argument("--variant", choices=("164k", "10k"), default="164k")
+    for c in kinds.choices.values():
+        c.add_argument("--workers", type=int, default=1, help="processes")
+    q.set_defaults(func=cmd_data_convert)
 
     p = sub.add_parser("demo", help="generate shapes, train segformer_b0, evaluate, draw predictions")
     p.add_argument("--config", default="configs/segformer/segformer_b0_shapes.yaml")

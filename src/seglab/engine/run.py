@@ -37,9 +37,18 @@ def prepare_data(config: RunConfig) -> None:
 
 
 def build_split(config: RunConfig, split: str):
+    """The dataset of `split` as `config.data` describes it.
+
+    `data.reduce_zero_label: true` turns the convention on; `false` keeps the dataset's own (ADE20K's is on), so
+    switching it off for a named dataset goes through `data.options: {reduce_zero_label: false}`. `data.options`
+    holds any further `build_dataset` keyword arguments and wins over the other keys.
+    """
     data = config.data
-    return build_dataset(data.dataset, data.root, split, reduce_zero_label=data.reduce_zero_label,
-                         ignore_index=data.ignore_index)
+    kwargs = {"ignore_index": data.ignore_index}
+    if data.reduce_zero_label:
+        kwargs["reduce_zero_label"] = True
+    kwargs.update(data.options)
+    return build_dataset(data.dataset, data.root, split, **kwargs)
 
 
 def build_train_transform(config: RunConfig) -> TrainTransform:
@@ -106,11 +115,25 @@ def _same_size_batches(dataset, batch_size: int):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, config: RunConfig, num_classes: int, device: torch.device | str = "cpu",
-             on_batch=None) -> dict:
+             on_batch=None, confusion_png: str | Path | None = None, class_names=None) -> dict:
     """mIoU and friends over `dataset` with the configured test transform and inference mode.
 
-    `on_batch(samples, predictions)` sees each batch's original samples and predicted labels (for overlays).
+    `confusion_png`: also draw the row-normalised confusion matrix there (main process only).
+
+    In a torchrun job each rank evaluates its own contiguous share of `dataset` (no sample twice, no padding) and
+    the confusion matrices are summed over the ranks, so every rank returns the metrics of the whole set, equal
+    to a single-process evaluation.
+
+    `on_batch(samples, predictions)` sees each batch's original samples and predicted labels (for overlays); in a
+    torchrun job, this rank's share only.
     """
+    from torch.utils.data import Subset
+
+    from seglab.engine.distributed import get_rank, get_world_size, shard_range
+
+    world_size = get_world_size()
+    if world_size > 1:
+        dataset = Subset(dataset, range(*shard_range(len(dataset), get_rank(), world_size)))
     transform = build_test_transform(config)
     cm = ConfusionMatrix(num_classes, ignore_index=config.data.ignore_index)
     ev = config.eval
@@ -127,4 +150,9 @@ def evaluate(model: nn.Module, dataset, config: RunConfig, num_classes: int, dev
         if on_batch is not None:
             on_batch(samples, labels.cpu())
     model.train(was_training)
+    cm.all_reduce()
+    if confusion_png is not None and get_rank() == 0:
+        from seglab.tools.visualize import plot_confusion_matrix
+
+        plot_confusion_matrix(cm, class_names, confusion_png)
     return cm.compute()

@@ -32,7 +32,11 @@ def cross_entropy(
         raise ValueError(f"class_weights has {class_weights.numel()} entries but the logits have "
                          f"{logits.shape[1]} classes")
     labels = labels.long()
-    per_pixel = F.cross_entropy(logits.float(), labels, weight=class_weights, ignore_index=ignore_index,
+    # over a (B*H*W, K) view: logits of channels-last models then need no copy, and the upsampling's backward
+    # keeps its fast path (the NCHW cross-entropy copied 2x150x512x512 logits every step)
+    num_classes = logits.shape[1]
+    flat = logits.float().permute(0, 2, 3, 1).reshape(-1, num_classes)
+    per_pixel = F.cross_entropy(flat, labels.reshape(-1), weight=class_weights, ignore_index=ignore_index,
                                 reduction="none")
     valid = (labels != ignore_index).sum()
     return per_pixel.sum() / valid.clamp(min=1)

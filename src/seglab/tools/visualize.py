@@ -301,3 +301,124 @@ def plot_training_curve(jsonl_path: str | Path, out_png: str | Path, smoothing: 
     out_png = Path(out_png)
     atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
     return out_png
+
+
+_NORMALIZE_MODES = ("true", "pred", "all", "none")
+
+
+def _normalized_confusion(counts: np.ndarray, normalize: str | None) -> np.ndarray:
+    """Counts -> the values drawn: fractions of each row, column or the total; NaN where a row/column is empty."""
+    counts = counts.astype(np.float64)
+    if normalize in (None, "none"):
+        return counts
+    if normalize == "true":
+        totals = counts.sum(axis=1, keepdims=True)
+    elif normalize == "pred":
+        totals = counts.sum(axis=0, keepdims=True)
+    else:
+        totals = np.full((1, 1), counts.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, counts / np.where(totals > 0, totals, 1.0), np.nan)
+
+
+def plot_confusion_matrix(
+    matrix: Any,
+    class_names: Sequence[str] | None,
+    out_png: str | Path,
+    normalize: str | None = "true",
+    title: str | None = None,
+) -> Path:
+    """Draws a confusion matrix as a heat map PNG, rows = ground truth, columns = prediction.
+
+    With `normalize="true"` each row is divided by its total, so the diagonal is the per-class accuracy
+    (recall) and a row shows where that class's pixels went; rows of classes absent from the ground truth are
+    drawn grey. Fractions are coloured on a square-root scale so that confusions of a few percent stay visible
+    next to a diagonal near 1. The figure grows with the number of classes (up to 20 inches at 100 dpi, ADE20K's
+    150 classes all labelled); cells carry their value as text up to 25 classes, tick labels shrink with the
+    cell size and, beyond about 240 classes, only every n-th class is labelled (with its index) so that labels
+    never overlap.
+
+    Args:
+        matrix: (K, K) counts, `matrix[t, p]` = pixels of target class t predicted as p: a
+            `seglab.metrics.ConfusionMatrix`, its `.matrix` tensor, or an array.
+        class_names: K names, or None for the class indices.
+        out_png: the `.png` file to write.
+        normalize: "true" (rows sum to 1), "pred" (columns sum to 1), "all" (everything sums to 1), or
+            "none" / None for raw counts (drawn on a log scale).
+        title: figure title; by default it names the normalisation.
+    """
+    from matplotlib.colors import LogNorm, PowerNorm
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no display backend needed
+
+    if hasattr(matrix, "matrix") and hasattr(matrix, "num_classes"):  # a seglab.metrics.ConfusionMatrix
+        matrix = matrix.matrix
+    counts = _to_numpy(matrix, "matrix")
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] < 1:
+        raise ValueError(f"matrix must be a square (K, K) confusion matrix, got shape {counts.shape}")
+    if not (np.issubdtype(counts.dtype, np.integer) or np.issubdtype(counts.dtype, np.floating)):
+        raise TypeError(f"matrix must hold counts (integers or floats), got dtype {counts.dtype}")
+    if (counts < 0).any() or not np.isfinite(counts).all():
+        raise ValueError("matrix must hold finite, non-negative counts")
+    if normalize not in (*_NORMALIZE_MODES, None):
+        raise ValueError(f"normalize must be one of {', '.join(_NORMALIZE_MODES)} or None, got {normalize!r}")
+    num_classes = counts.shape[0]
+    names = [str(i) for i in range(num_classes)] if class_names is None else [str(n) for n in class_names]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for a {num_classes}x{num_classes} confusion matrix")
+    values = _normalized_confusion(counts, normalize)
+    raw = normalize in (None, "none")
+
+    side = float(np.clip(3.0 + 0.11 * num_classes, 6.0, 20.0))  # inches; ~0.11 in (11 px) per class when large
+    figure = Figure(figsize=(side + 1.5, side), dpi=100, layout="constrained")
+    ax = figure.subplots()
+    # the grey background shows through the NaN (masked) cells of empty rows / columns
+    ax.set_facecolor("0.85")
+    positive = values[np.isfinite(values) & (values > 0)]
+    if raw:
+        norm = LogNorm(vmin=1.0, vmax=max(float(positive.max()) if positive.size else 1.0, 10.0))
+        shown = np.ma.masked_less_equal(values, 0)  # zero counts have no log; drawn as the background
+        ax.set_facecolor("white")
+    else:
+        norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)
+        shown = np.ma.masked_invalid(values)
+    image = ax.imshow(shown, cmap="Blues", norm=norm, interpolation="nearest", aspect="equal")
+    colorbar = figure.colorbar(image, ax=ax, shrink=0.8, pad=0.02)
+    share = {"true": "of each ground-truth row", "pred": "of each predicted column", "all": "of all pixels"}
+    colorbar.set_label("pixels" if raw else f"fraction {share[normalize]}")
+
+    # points per cell along an axis, the axes taking roughly 75 % of the figure's height
+    cell_pt = 0.75 * side * 72.0 / num_classes
+    fontsize = float(np.clip(0.8 * cell_pt, 4.0, 10.0))
+    step = max(1, int(np.ceil(fontsize / (0.9 * cell_pt))))  # label every step-th class so labels never overlap
+    ticks = np.arange(0, num_classes, step)
+    tick_names = [names[i] if step == 1 else f"{i}: {names[i]}" for i in ticks]
+    ax.set_xticks(ticks, tick_names, rotation=90, fontsize=fontsize)
+    ax.set_yticks(ticks, tick_names, fontsize=fontsize)
+    ax.tick_params(length=2 if step == 1 else 3)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("ground-truth class")
+    if title is None:
+        title = {"none": "confusion matrix (pixel counts)", "true": "confusion matrix, rows normalised (diagonal = "
+                 "per-class accuracy)", "pred": "confusion matrix, columns normalised (diagonal = precision)",
+                 "all": "confusion matrix, fractions of all pixels"}[normalize or "none"]
+        if step > 1:
+            title += f"; every {step}th class labelled"
+    ax.set_title(title)
+
+    if num_classes <= 25:
+        text_size = float(np.clip(0.35 * cell_pt, 5.0, 10.0))
+        for t in range(num_classes):
+            for p in range(num_classes):
+                value = values[t, p]
+                if not np.isfinite(value):
+                    continue
+                dark = bool(norm(value) > 0.6)
+                if value == 0:
+                    continue  # empty cells stay blank: the non-zero confusions stand out
+                text = f"{value:.0f}" if raw else f"{value:.2f}"
+                ax.text(p, t, text, ha="center", va="center", fontsize=text_size,
+                        color="white" if dark else "black")
+
+    out_png = Path(out_png)
+    atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    return out_png
