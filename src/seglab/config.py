@@ -63,6 +63,9 @@ class DataConfig:
     generate: dict[str, Any] = field(default_factory=dict)
     # further `build_dataset` keyword arguments (FolderPairs options, e.g. {reduce_zero_label: false})
     options: dict[str, Any] = field(default_factory=dict)
+    # a training sample that cannot be read: "error" stops with the file and the problem, "skip" replaces it with
+    # the next sample and logs it (count and message in log.jsonl)
+    on_bad_sample: str = "error"
 
 
 @dataclass

@@ -226,3 +226,27 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(c
     assert resumed.keys() == expected.keys()
     for key in expected:
         assert torch.equal(resumed[key], expected[key]), key
+
+
+def test_bad_training_sample_stops_or_is_skipped(shapes_root, config_path, tmp_path):
+    import shutil
+
+    from seglab.data.datasets import DatasetError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(shapes_root, broken)
+    bad = broken / "annotations" / "train" / "00003.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated PNG
+    config = load_config(config_path, [f"data.root={broken}", f"train.work_dir={tmp_path / 'stop'}",
+                                       "schedule.iters=5", "data.batch_size=2"])
+    # 5 iterations x 2 samples cover all 10 training images once, the truncated one included
+    with pytest.raises(DatasetError, match="00003.png"):
+        run_training(config, progress=False)
+
+    config.data.on_bad_sample = "skip"
+    config.train.work_dir = str(tmp_path / "skip")
+    _, _, result = run_training(config, progress=False)
+    assert result.iterations == 5
+    notes = [json.loads(line) for line in (tmp_path / "skip" / "log.jsonl").read_text().splitlines()]
+    skipped = [r for r in notes if r["kind"] == "note" and "skipped a bad sample" in r["message"]]
+    assert len(skipped) == 1 and "00003.png" in skipped[0]["message"]

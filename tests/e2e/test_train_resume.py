@@ -174,3 +174,12 @@ def test_linear_lr_scaling(shapes_root, tmp_path, capsys):
     records = [json.loads(line) for line in (tmp_path / "scaled" / "log.jsonl").read_text().splitlines()]
     (train,) = [r for r in records if r["kind"] == "train"]
     assert train["lr"] == pytest.approx(5e-4)
+
+
+def test_every_run_draws_its_curves_and_confusion_matrix(shapes_root, tmp_path):
+    from PIL import Image
+
+    work = tmp_path / "plots"
+    run_training(tiny_config(shapes_root, work, iters=2), progress=False)
+    assert Image.open(work / "training_curve.png").size[0] > 100
+    assert Image.open(work / "confusion_matrix.png").size[0] > 100

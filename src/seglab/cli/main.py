@@ -63,9 +63,18 @@ def run_training(config, resume: bool = False, progress: bool = True, stop_at: i
     num_classes = config.model.num_classes or len(train_set.classes)
     model = build_model(config, num_classes)
     device = context.device
+    work_dir = Path(config.train.work_dir)
+    classes, _ = _class_info(val_set, num_classes)
+    # every evaluation redraws work_dir/confusion_matrix.png; the curves are drawn when training ends
     trainer = Trainer(config, model, train_set, build_train_transform(config),
-                      lambda m: evaluate(m, val_set, config, num_classes, device), device=device)
+                      lambda m: evaluate(m, val_set, config, num_classes, device,
+                                         confusion_png=work_dir / "confusion_matrix.png", class_names=classes),
+                      device=device)
     result = trainer.train(resume=resume, progress=progress, stop_at=stop_at)
+    if is_main_process() and (work_dir / "log.jsonl").is_file():
+        from seglab.tools.visualize import plot_training_curve
+
+        plot_training_curve(work_dir / "log.jsonl", work_dir / "training_curve.png")
     return trainer.model, val_set, result
 
 

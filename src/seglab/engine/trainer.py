@@ -86,20 +86,39 @@ def scale_lr(lr: float, batch_size: int, reference_batch: int) -> float:
 
 
 class SeededTransformDataset(Dataset):
-    """Applies a random transform with a generator seeded per sample: `dataset[(index, seed)]`."""
+    """Applies a random transform with a generator seeded per sample: `dataset[(index, seed)]`.
 
-    def __init__(self, dataset: Dataset, transform) -> None:
+    Returns `(image, mask, skipped)`. With `skip_bad`, a sample that fails to load (`DatasetError`: undecodable
+    file, wrong size, labels out of range) is replaced by the next index in order, deterministically, and its
+    error message is returned in `skipped` for the trainer to count and log; otherwise the error propagates.
+    """
+
+    def __init__(self, dataset: Dataset, transform, skip_bad: bool = False) -> None:
         self.dataset = dataset
         self.transform = transform
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        from seglab.data.datasets import DatasetError
+
         index, seed = key
-        sample = self.dataset[index]
-        generator = torch.Generator().manual_seed(seed)
-        return self.transform(sample["image"], sample["mask"], generator=generator)
+        skipped: list[str] = []
+        for attempt in range(len(self.dataset)):
+            try:
+                sample = self.dataset[(index + attempt) % len(self.dataset)]
+            except DatasetError as exc:
+                if not self.skip_bad:
+                    raise
+                skipped.append(str(exc))
+                continue
+            generator = torch.Generator().manual_seed(seed)
+            image, mask = self.transform(sample["image"], sample["mask"], generator=generator)
+            return image, mask, skipped
+        raise DatasetError(f"no sample of the {len(self.dataset)} in the training set could be read; first error: "
+                           f"{skipped[0]}")
 
 
 class StreamBatchSampler:
@@ -351,7 +370,11 @@ class Trainer:
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.train_set = SeededTransformDataset(train_set, train_transform)
+        if config.data.on_bad_sample not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_sample: expected error or skip, got {config.data.on_bad_sample!r}")
+        self.train_set = SeededTransformDataset(train_set, train_transform,
+                                                skip_bad=config.data.on_bad_sample == "skip")
+        self.skipped_samples = 0
         self.class_names = list(getattr(train_set, "classes", None) or []) or None
         self.evaluate_fn = evaluate_fn
         self.work_dir = Path(cfg.train.work_dir)
@@ -457,7 +480,8 @@ class Trainer:
                 state = {"iteration": self.iteration, "optimizer": self.optimizer.state_dict(),
                          "scaler": self.scaler.state_dict(), "rng": _rng_state(),
                          "best_miou": -1.0 if self.best_miou is None else self.best_miou,
-                         "bad_steps": self.bad_steps, "world_size": self.world_size,
+                         "bad_steps": self.bad_steps, "skipped_samples": self.skipped_samples,
+                         "world_size": self.world_size,
                          "total_batch": self.total_batch, "accumulate": self.config.optim.accumulate}
                 if self.ema is not None:
                     state["ema"] = self.ema.state_dict()
@@ -501,6 +525,7 @@ class Trainer:
         self.iteration = state["iteration"]
         self.best_miou = None if state["best_miou"] < 0 else state["best_miou"]
         self.bad_steps = state.get("bad_steps", 0)
+        self.skipped_samples = state.get("skipped_samples", 0)
         if self.ema is not None:
             if "ema" in state:
                 self.ema.load_state_dict(state["ema"])
@@ -648,7 +673,10 @@ class Trainer:
         total, problem, data_time, start = None, None, 0.0, time.perf_counter()
         for micro in range(accumulate):
             fetch = time.perf_counter()
-            images, masks = next(batches)
+            images, masks, skipped = next(batches)
+            for message in skipped:
+                self.skipped_samples += 1
+                self._note(f"skipped a bad sample ({self.skipped_samples} so far; data.on_bad_sample=skip): {message}")
             images = images.to(self.device, non_blocking=True)
             if cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -797,9 +825,11 @@ class Trainer:
                 "peak_mem_mb": _peak_memory_mb(self.device)}
 
 
-def _stack_pairs(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    images, masks = zip(*batch, strict=True)
-    return torch.stack(images), torch.stack(masks)
+def _stack_pairs(
+    batch: list[tuple[torch.Tensor, torch.Tensor, list[str]]],
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    images, masks, skipped = zip(*batch, strict=True)
+    return torch.stack(images), torch.stack(masks), [message for messages in skipped for message in messages]
 
 
 def _tensorboard_writer(work_dir: Path, purge_step: int | None = None):
