@@ -28,47 +28,22 @@ import argparse
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_segformer import _timed, build_pair  # the same weight-sharing pair as the inference benchmark
 from torch import nn
 
-from seglab import create_model
 from seglab.backbones.mit import MIT_CONFIGS
 from seglab.config import load_config
-from seglab.convert import convert_checkpoint
 from seglab.engine.optim import build_optimizer, set_lr
 from seglab.layers.drop import DropPath
 from seglab.losses import segmentation_loss
-from seglab.models.segformer import SEGFORMER_VARIANTS
 
 IGNORE_INDEX = 255
 STOCHASTIC_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, DropPath)
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "segformer" / "segformer_b0_ade20k-512_160k.yaml"
-
-
-def build_pair(variant: str, num_classes: int) -> tuple[nn.Module, nn.Module]:
-    """(seglab model, transformers model) of `variant` sharing random weights, in train mode."""
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
-    mit = MIT_CONFIGS[variant]
-    config = SegformerConfig(
-        num_labels=num_classes,
-        hidden_sizes=list(mit.embed_dims),
-        depths=list(mit.depths),
-        num_attention_heads=list(mit.num_heads),
-        sr_ratios=list(mit.sr_ratios),
-        decoder_hidden_size=SEGFORMER_VARIANTS[variant][0],
-        semantic_loss_ignore_index=IGNORE_INDEX,
-    )
-    torch.manual_seed(0)
-    hf = SegformerForSemanticSegmentation(config)
-    result = convert_checkpoint(hf.state_dict(), "hf", f"segformer_{variant}")
-    ours = create_model(f"segformer_{variant}", num_classes=result.num_classes, **result.overrides)
-    ours.load_state_dict(result.state_dict, strict=True)
-    return ours.train(), hf.train()
 
 
 def make_batches(count: int, batch: int, size: int, num_classes: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -158,12 +133,6 @@ def hf_step_fn(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]
     return step
 
 
-def _timed(fn: Callable[[], float]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def profile_steps(step: Callable[[], float], steps: int, rows: int) -> None:
     """Prints the ops that take the most CPU time over `steps` seglab steps, overall and by input shape."""
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -196,7 +165,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    ours, hf = build_pair(args.variant, args.num_classes)
+    ours, hf = build_pair(args.variant, args.num_classes)  # transformers' default loss ignore index is 255 too
+    ours.train()
+    hf.train()
     batches = make_batches(4, args.batch, args.size, args.num_classes)
     loss_ours, loss_hf, logit_diff = first_step_losses(ours, hf, *batches[0])
 
