@@ -313,3 +313,34 @@ def segformer_head_options(target: TargetDict, variant: str) -> tuple[int, dict[
     num_classes, channels = weight.shape[:2]
     overrides = {} if channels == SEGFORMER_VARIANTS[variant][0] else {"head_channels": int(channels)}
     return int(num_classes), overrides
+
+
+def finish_segformer(
+    source: SourceKeys,
+    target: TargetDict,
+    model_name: str,
+    variant: str,
+    layout: str,
+    overrides: dict,
+    backbone_only: bool,
+    backbone_overrides: dict | None = None,
+) -> ConversionResult:
+    """The common end of every SegFormer converter: every source key used, then the result checked.
+
+    Args:
+        source: the source keys, all of them renamed or dropped by now.
+        target: the converted tensors.
+        model_name: the seglab model the weights are for.
+        variant: its variant (`b0` .. `b5`).
+        layout: the source layout's name, for messages.
+        overrides: constructor options a whole-model checkpoint of this source needs.
+        backbone_only: the source holds an encoder only.
+        backbone_overrides: options of a backbone-only result (default `overrides`).
+    """
+    if backbone_only:
+        source.check_consumed(f"{model_name} ({layout} layout, backbone only)")
+        return finalize(source, target, model_name, None,
+                        overrides if backbone_overrides is None else backbone_overrides, backbone_only=True)
+    source.check_consumed(f"{model_name} ({layout} layout)")
+    num_classes, head_overrides = segformer_head_options(target, variant)
+    return finalize(source, target, model_name, num_classes, {**overrides, **head_overrides})

@@ -35,10 +35,9 @@ from seglab.convert.common import (
     SourceKeys,
     TargetDict,
     apply_rename_table,
-    finalize,
+    finish_segformer,
     has_decode_head,
     linear_to_conv1x1,
-    segformer_head_options,
     segformer_variant,
 )
 
@@ -169,9 +168,4 @@ def convert_segformer_hf(
     target = TargetDict()
     _merge_key_value(source, target)
     apply_rename_table(source, target, HF_SEGFORMER_TABLE)
-    if backbone_only:
-        source.check_consumed(f"{model_name} (Hugging Face layout, backbone only)")
-        return finalize(source, target, model_name, None, HF_OVERRIDES, backbone_only=True)
-    source.check_consumed(f"{model_name} (Hugging Face layout)")
-    num_classes, head_overrides = segformer_head_options(target, variant)
-    return finalize(source, target, model_name, num_classes, {**HF_OVERRIDES, **head_overrides})
+    return finish_segformer(source, target, model_name, variant, "Hugging Face", HF_OVERRIDES, backbone_only)

@@ -28,10 +28,9 @@ from seglab.convert.common import (
     TargetDict,
     apply_rename_table,
     conv1x1_to_linear,
-    finalize,
+    finish_segformer,
     has_decode_head,
     permute_concat_blocks,
-    segformer_head_options,
     segformer_variant,
     split_rows,
 )
@@ -106,9 +105,5 @@ def convert_segformer_mmseg(
     target = TargetDict()
     _split_in_proj(source, target)
     apply_rename_table(source, target, MMSEG_SEGFORMER_TABLE)
-    if backbone_only:
-        source.check_consumed(f"{model_name} (mmseg layout, backbone only)")
-        return finalize(source, target, model_name, None, MMSEG_EPS_OVERRIDES, backbone_only=True)
-    source.check_consumed(f"{model_name} (mmseg layout)")
-    num_classes, head_overrides = segformer_head_options(target, variant)
-    return finalize(source, target, model_name, num_classes, {**MMSEG_OVERRIDES, **head_overrides})
+    return finish_segformer(source, target, model_name, variant, "mmseg", MMSEG_OVERRIDES, backbone_only,
+                            backbone_overrides=MMSEG_EPS_OVERRIDES)

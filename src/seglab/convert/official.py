@@ -26,10 +26,9 @@ from seglab.convert.common import (
     SourceKeys,
     TargetDict,
     apply_rename_table,
-    finalize,
+    finish_segformer,
     has_decode_head,
     linear_to_conv1x1,
-    segformer_head_options,
     segformer_variant,
     stage_from_one_based,
 )
@@ -86,9 +85,4 @@ def convert_segformer_official(
         source.drop(pattern)
     target = TargetDict()
     apply_rename_table(source, target, OFFICIAL_SEGFORMER_TABLE)
-    if backbone_only:
-        source.check_consumed(f"{model_name} (official layout, backbone only)")
-        return finalize(source, target, model_name, None, OFFICIAL_OVERRIDES, backbone_only=True)
-    source.check_consumed(f"{model_name} (official layout)")
-    num_classes, head_overrides = segformer_head_options(target, variant)
-    return finalize(source, target, model_name, num_classes, {**OFFICIAL_OVERRIDES, **head_overrides})
+    return finish_segformer(source, target, model_name, variant, "official", OFFICIAL_OVERRIDES, backbone_only)
