@@ -17,6 +17,7 @@ pytestmark = pytest.mark.onnx
 # (model name, constructor overrides); export at EXPORT_SIZE, checked at CHECK_SIZES (batch, (height, width))
 ONNX_MODELS: list[tuple[str, dict]] = [
     ("segformer_b0", {}),
+    ("segnext_t", {}),
 ]
 EXPORT_SIZE = (64, 64)
 CHECK_SIZES = [(2, (64, 96)), (1, (77, 50))]

@@ -1,10 +1,11 @@
 """Foreign checkpoints -> seglab state dicts: `convert_checkpoint(src, source, model_name)`.
 
-One module per source layout (`official` NVlabs code, `mmseg`, `hf` transformers); each converter consumes every
-source key or lists it as dropped, and its result loads `strict=True` into
+SegFormer: one module per source layout (`official` NVlabs code, `mmseg`, `hf` transformers); SegNeXt: `segnext`
+(official Visual-Attention-Network code and mmseg 1.x, whose NMF rank it sets). Each converter consumes every source
+key or lists it as dropped, and its result loads `strict=True` into
 `create_model(model_name, num_classes=result.num_classes, **result.overrides)`. A source without decode-head keys
-(an ImageNet-pretrained encoder such as `mit_b0.pth` or `nvidia/mit-b0`) converts to `backbone.*` keys only
-(`result.backbone_only`), for a training recipe's `model.pretrained`.
+(an ImageNet-pretrained encoder such as `mit_b0.pth`, `mscan_t.pth` or `nvidia/mit-b0`) converts to `backbone.*`
+keys only (`result.backbone_only`), for a training recipe's `model.pretrained`.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from seglab.convert.common import ConversionResult, read_source
 from seglab.convert.hf import convert_segformer_hf
 from seglab.convert.mmseg import convert_segformer_mmseg
 from seglab.convert.official import convert_segformer_official
+from seglab.convert.segnext import convert_segnext_mmseg, convert_segnext_official
 
 Converter = Callable[[dict[str, torch.Tensor], str, str], ConversionResult]
 
 # source -> model-name prefix -> converter
 CONVERTERS: dict[str, dict[str, Converter]] = {
     "hf": {"segformer_": convert_segformer_hf},
-    "official": {"segformer_": convert_segformer_official},
-    "mmseg": {"segformer_": convert_segformer_mmseg},
+    "official": {"segformer_": convert_segformer_official, "segnext_": convert_segnext_official},
+    "mmseg": {"segformer_": convert_segformer_mmseg, "segnext_": convert_segnext_mmseg},
 }
 SOURCES = tuple(CONVERTERS)
 
@@ -38,7 +40,7 @@ def convert_checkpoint(src: str | Path | Mapping[str, Any], source: str, model_n
         src: a `.safetensors` / `.pth` / `.pt` / `.bin` file (torch files are read with `weights_only=True`), or an
             already loaded state dict; `state_dict` / `model` wrappers are unwrapped.
         source: the layout of `src`: `hf`, `official` or `mmseg`.
-        model_name: the seglab model the weights are for (e.g. `segformer_b2`); its variant must match the
+        model_name: the seglab model the weights are for (e.g. `segformer_b2`, `segnext_t`); its variant must match the
             checkpoint's shapes.
 
     Returns:
