@@ -63,7 +63,8 @@ def test_structure_of_each_variant(variant):
     model = _build_meta(variant)
     backbone, head = model.backbone, model.decode_head
     assert model.output_stride == 8 and model.num_classes == 150
-    assert [(i.channels, i.stride) for i in backbone.feature_info] == list(zip(spec["dims"], (4, 8, 16, 32)))
+    expected_info = list(zip(spec["dims"], (4, 8, 16, 32), strict=True))
+    assert [(i.channels, i.stride) for i in backbone.feature_info] == expected_info
     assert len(backbone.stages) == 4
     in_channels = 3
     for i, stage in enumerate(backbone.stages):
@@ -153,8 +154,8 @@ def test_stem_and_block_match_the_formulas_of_the_paper():
         u = _bn(block.norm1, x)
         v = F.gelu(_conv(block.attn.proj_1, u))
         a = _conv(msca.square, v)
-        strips = sum(_conv(vertical, _conv(horizontal, a)) for horizontal, vertical in zip(msca.horizontal,
-                                                                                            msca.vertical))
+        pairs = zip(msca.horizontal, msca.vertical, strict=True)
+        strips = sum(_conv(vertical, _conv(horizontal, a)) for horizontal, vertical in pairs)
         y = x + block.layer_scale_1[:, None, None] * (_conv(block.attn.proj_2, _conv(msca.mix, a + strips) * v) + u)
         # y + ls2 * fc2(GELU(dw3x3(fc1(BN2(y))))): no activation between fc1 and the depth-wise conv
         hidden = F.gelu(_conv(block.mlp.dwconv, _conv(block.mlp.fc1, _bn(block.norm2, y))))
