@@ -1,0 +1,184 @@
+"""HRNet checkpoints (official HRNet-Semantic-Segmentation, timm) -> seglab.
+
+Official layout (`lib/models/seg_hrnet.py`; the released `.pth` files prefix every key with `model.` and hold the
+loss's class weights `loss.criterion.weight`): stem `conv1`, `bn1`, `conv2`, `bn2`; stage 1 `layer1.{k}.conv{1,2,3}`
+/ `bn{1,2,3}` / `downsample.{0,1}` (conv, BN); `transition{t}.{i}.{0,1}` (conv, BN of a width-changing existing
+branch) or `transition{t}.{i}.{k}.{0,1}` (the stride-2 steps of a new branch); `stage{s}.{m}.branches.{b}.{k}.
+conv{1,2}` / `bn{1,2}`; fuse layers `stage{s}.{m}.fuse_layers.{i}.{j}.{0,1}` (1x1 conv, BN of an upsampled term,
+j > i) or `stage{s}.{m}.fuse_layers.{i}.{j}.{k}.{0,1}` (the stride-2 steps, j < i); head `last_layer.{0,1,3}`
+(1x1 conv with bias, BN, classifier; index 2 is the ReLU).
+
+timm's `hrnet_*` uses the same backbone names (it is the HRNet-Image-Classification code); its ImageNet head
+(`incre_modules`, `downsamp_modules`, `final_layer`, `classifier`) is dropped.
+
+Numerics: the official code interpolates bilinearly in the fuse layers and the head. The HRNet-OCR branch (the
+current README: "we use align_corners = True for upsampling in HRNet"; `ALIGN_CORNERS = config.MODEL.ALIGN_CORNERS`,
+`BN_MOMENTUM = 0.1`; checkpoints `*_torch11.pth` / `*_torch04.pth`) uses `align_corners=True`, seglab's default;
+older `seg_hrnet.py` versions (the pytorch-v1.1-era code with the small models, `BN_MOMENTUM = 0.01`) call
+`F.upsample(..., mode='bilinear')`, i.e. `align_corners=False`: pass `align_corners=False` for those. The key names
+are the same in both, so the converter cannot tell them apart. timm upsamples in the fuse layers with nearest
+interpolation: build the backbone with `fuse_upsample="nearest"`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from seglab.convert.common import (
+    ConversionResult,
+    RenameRule,
+    SourceKeys,
+    TargetDict,
+    apply_rename_table,
+    finalize,
+)
+
+OFFICIAL_OVERRIDES: dict[str, Any] = {"align_corners": True, "fuse_upsample": "bilinear", "head_conv_bias": True}
+TIMM_BACKBONE_OPTIONS: dict[str, Any] = {"fuse_upsample": "nearest"}
+
+_PARAM = r"(weight|bias)"
+_TENSOR = r"(weight|bias|running_mean|running_var|num_batches_tracked)"  # of a conv or a BN
+_PREFIX = r"(?:model\.)?"  # the released segmentation checkpoints wrap the network in a `FullModel` (`model.`)
+_CONV_BN = {"0": "conv", "1": "norm"}  # index in an official (conv, BN[, ReLU]) `nn.Sequential` -> ConvNormAct child
+
+
+def _stage(number: str) -> int:
+    """`stage2`..`stage4` (official names) -> index 0..2 of seglab's `stages`."""
+    return int(number) - 2
+
+
+def _block_rules(source: str, prefix: Callable[[re.Match[str]], str], groups: int) -> list[RenameRule]:
+    """Residual block renames: `{source}.conv{n}` / `bn{n}` -> `{prefix}.conv{n}.conv` / `.norm`, and
+    `{source}.downsample.{0,1}` -> `{prefix}.downsample.{conv,norm}`; `source` has `groups` capture groups."""
+    return [
+        RenameRule(rf"{_PREFIX}{source}\.conv([123])\.weight",
+                   lambda m: f"backbone.{prefix(m)}.conv{m[groups + 1]}.conv.weight"),
+        RenameRule(rf"{_PREFIX}{source}\.bn([123])\.{_TENSOR}",
+                   lambda m: f"backbone.{prefix(m)}.conv{m[groups + 1]}.norm.{m[groups + 2]}"),
+        RenameRule(rf"{_PREFIX}{source}\.downsample\.([01])\.{_TENSOR}",
+                   lambda m: f"backbone.{prefix(m)}.downsample.{_CONV_BN[m[groups + 1]]}.{m[groups + 2]}"),
+    ]
+
+
+BACKBONE_TABLE: list[RenameRule] = [
+    RenameRule(rf"{_PREFIX}conv([12])\.weight", r"backbone.stem.conv\1.conv.weight"),
+    RenameRule(rf"{_PREFIX}bn([12])\.{_TENSOR}", r"backbone.stem.conv\1.norm.\2"),
+    *_block_rules(r"layer1\.(\d+)", lambda m: f"layer1.{m[1]}", groups=1),
+    # a new branch: `transition{t}.{i}.{k}.{0,1}`; checked before the 3-level form, which it does not match anyway
+    RenameRule(rf"{_PREFIX}transition([1-3])\.(\d+)\.(\d+)\.([01])\.{_TENSOR}",
+               lambda m: f"backbone.transitions.{int(m[1]) - 1}.{m[2]}.{m[3]}.{_CONV_BN[m[4]]}.{m[5]}"),
+    RenameRule(rf"{_PREFIX}transition([1-3])\.(\d+)\.([01])\.{_TENSOR}",
+               lambda m: f"backbone.transitions.{int(m[1]) - 1}.{m[2]}.{_CONV_BN[m[3]]}.{m[4]}"),
+    *_block_rules(r"stage([2-4])\.(\d+)\.branches\.(\d+)\.(\d+)",
+                  lambda m: f"stages.{_stage(m[1])}.{m[2]}.branches.{m[3]}.{m[4]}", groups=4),
+    RenameRule(rf"{_PREFIX}stage([2-4])\.(\d+)\.fuse_layers\.(\d+)\.(\d+)\.(\d+)\.([01])\.{_TENSOR}",
+               lambda m: f"backbone.stages.{_stage(m[1])}.{m[2]}.fuse_layers.{m[3]}.{m[4]}.{m[5]}."
+                         f"{_CONV_BN[m[6]]}.{m[7]}"),
+    RenameRule(rf"{_PREFIX}stage([2-4])\.(\d+)\.fuse_layers\.(\d+)\.(\d+)\.([01])\.{_TENSOR}",
+               lambda m: f"backbone.stages.{_stage(m[1])}.{m[2]}.fuse_layers.{m[3]}.{m[4]}.{_CONV_BN[m[5]]}.{m[6]}"),
+]
+
+HEAD_TABLE: list[RenameRule] = [
+    RenameRule(rf"{_PREFIX}last_layer\.0\.{_PARAM}", r"decode_head.fuse.conv.\1"),
+    RenameRule(rf"{_PREFIX}last_layer\.1\.{_TENSOR}", r"decode_head.fuse.norm.\1"),
+    RenameRule(rf"{_PREFIX}last_layer\.3\.{_PARAM}", r"decode_head.classifier.\1"),
+]
+
+OFFICIAL_DROPPED = [r"loss\.criterion\.weight"]  # class weights of the training loss, not part of the network
+TIMM_DROPPED = [r"(incre_modules|downsamp_modules|final_layer|classifier)\..*"]  # the ImageNet head
+
+
+def hrnet_variant(model_name: str) -> str:
+    """`fcn_hrnetv2_w48` -> `w48`; any other model name is refused with the list of supported ones."""
+    from seglab.models.hrnet import HRNET_VARIANTS
+
+    variant = model_name.removeprefix("fcn_hrnetv2_")
+    if not model_name.startswith("fcn_hrnetv2_") or variant not in HRNET_VARIANTS:
+        names = ", ".join(f"fcn_hrnetv2_{v}" for v in HRNET_VARIANTS)
+        raise ValueError(f"the HRNet converter converts HRNet checkpoints only; model must be one of {names}, "
+                         f"got {model_name!r}")
+    return variant
+
+
+def convert_hrnet_official(
+    state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict", align_corners: bool = True
+) -> ConversionResult:
+    """Converts an official HRNet-Semantic-Segmentation checkpoint (`HighResolutionNet` + `last_layer`).
+
+    Args:
+        state_dict: the checkpoint's tensors, with or without the `model.` prefix of the released files;
+            `loss.criterion.weight` is dropped.
+        model_name: the seglab model the weights are for, `fcn_hrnetv2_w18s_v1` .. `fcn_hrnetv2_w48`.
+        origin: the file name, for error messages.
+        align_corners: True for the HRNet-OCR-branch checkpoints (README), False for older ones (module docstring).
+
+    Returns:
+        seglab keys, `num_classes` read from the classifier, and the official numerics as overrides
+        (`OFFICIAL_OVERRIDES`: `align_corners`, bilinear fuse upsampling, a biased head conv).
+    """
+    hrnet_variant(model_name)
+    source = SourceKeys(state_dict, origin)
+    for pattern in OFFICIAL_DROPPED:
+        source.drop(pattern)
+    target = TargetDict()
+    apply_rename_table(source, target, BACKBONE_TABLE + HEAD_TABLE)
+    source.check_consumed(f"{model_name} (official HRNet layout)")
+    key = "decode_head.classifier.weight"
+    if key not in target.tensors:
+        raise ValueError(f"{origin}: no classifier `last_layer.3.weight` (or `model.last_layer.3.weight`); is it a "
+                         f"segmentation checkpoint of HRNet-Semantic-Segmentation?")
+    weight = target.tensors[key]
+    if weight.ndim != 4 or weight.shape[2:] != (1, 1):
+        raise ValueError(f"{target.origin[key]!r}: expected a 1x1 conv weight (classes, channels, 1, 1), got shape "
+                         f"{tuple(weight.shape)} (FINAL_CONV_KERNEL other than 1 is not supported)")
+    overrides = {**OFFICIAL_OVERRIDES, "align_corners": align_corners}
+    return finalize(source, target, model_name, int(weight.shape[0]), overrides)
+
+
+def convert_hrnet_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Converts a timm `hrnet_*` state dict (classification model or `features_only`) to an `HRNet` backbone
+    state dict (no `backbone.` prefix). Build the backbone with `TIMM_BACKBONE_OPTIONS` (nearest fuse upsampling)
+    to reproduce timm's outputs.
+
+    Args:
+        state_dict: the timm model's tensors; its ImageNet head, if any, is dropped.
+
+    Raises:
+        ValueError: naming every key the converter does not understand.
+    """
+    source = SourceKeys(state_dict, "timm state dict")
+    for pattern in TIMM_DROPPED:
+        source.drop(pattern)
+    target = TargetDict()
+    apply_rename_table(source, target, BACKBONE_TABLE)
+    source.check_consumed("the HRNet backbone (timm layout)")
+    return {k.removeprefix("backbone."): v for k, v in target.tensors.items()}
+
+
+def convert_hrnet_timm_backbone(
+    state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict"
+) -> ConversionResult:
+    """A timm `hrnet_*` state dict as backbone-only weights of `model_name` (for a recipe's `model.pretrained`).
+
+    Args:
+        state_dict: the timm model's tensors (an ImageNet classifier or a `features_only` model).
+        model_name: the seglab model the weights are for, `fcn_hrnetv2_w18s_v1` .. `fcn_hrnetv2_w48`
+            (timm `hrnet_w18_small` -> `w18s_v1`, `hrnet_w18_small_v2` -> `w18s`, `hrnet_w18/w32/w48`).
+        origin: the file name, for error messages.
+
+    Returns:
+        `backbone.*` keys (`backbone_only`), checked against the model's backbone; `overrides` holds timm's nearest
+        fuse upsampling, which reproduces the ImageNet network (fine-tuning with the default bilinear fuse works too).
+    """
+    hrnet_variant(model_name)
+    source = SourceKeys(state_dict, origin)
+    for pattern in TIMM_DROPPED:
+        source.drop(pattern)
+    target = TargetDict()
+    apply_rename_table(source, target, BACKBONE_TABLE)
+    source.check_consumed(f"{model_name} (timm HRNet layout, backbone only)")
+    return finalize(source, target, model_name, None, dict(TIMM_BACKBONE_OPTIONS), backbone_only=True)
