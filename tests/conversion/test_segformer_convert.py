@@ -308,8 +308,8 @@ def test_unknown_source_and_model_are_refused():
     with pytest.raises(ValueError, match="valid: " + ", ".join(SOURCES)):
         convert_checkpoint(sd, "detectron2", "segformer_b0")
     assert set(SOURCES) == {"hf", "official", "mmseg"}
-    with pytest.raises(ValueError, match="no 'mmseg' converter for model 'upernet_swin_t'"):
-        convert_checkpoint(sd, "mmseg", "upernet_swin_t")
+    with pytest.raises(ValueError, match="no 'hf' converter for model 'segnext_t'"):
+        convert_checkpoint(sd, "hf", "segnext_t")
 
 
 def test_missing_batch_counter_and_custom_head_width(image):

@@ -60,5 +60,8 @@ def test_repo_configs_parse():
     root = Path(__file__).resolve().parents[2] / "configs"
     files = [p for p in root.rglob("*.yaml") if not p.name.startswith("_")]
     assert files
+    from seglab.registry import resolve_options
+
     for path in files:
-        load_config(path)
+        config = load_config(path)
+        resolve_options(config.model.name, dict(config.model.overrides))  # the model exists, its overrides are valid

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.onnx
 ONNX_MODELS: list[tuple[str, dict]] = [
     ("segformer_b0", {}),
     ("segnext_t", {}),
+    ("fcn_hrnetv2_w18s_v1", {}),
 ]
 EXPORT_SIZE = (64, 64)
 CHECK_SIZES = [(2, (64, 96)), (1, (77, 50))]

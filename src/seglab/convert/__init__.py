@@ -2,7 +2,8 @@
 
 SegFormer: one module per source layout (`official` NVlabs code, `mmseg`, `hf` transformers); SegNeXt: `segnext`
 (official Visual-Attention-Network code and mmseg 1.x, whose NMF rank it sets); HRNet: `hrnet` (official
-HRNet-Semantic-Segmentation checkpoints). Each converter consumes every source
+HRNet-Semantic-Segmentation checkpoints); UperNet-Swin: `upernet` (transformers, and the official
+Swin-Transformer-Semantic-Segmentation / mmseg layouts through `swin`). Each converter consumes every source
 key or lists it as dropped, and its result loads `strict=True` into
 `create_model(model_name, num_classes=result.num_classes, **result.overrides)`. A source without decode-head keys
 (an ImageNet-pretrained encoder such as `mit_b0.pth`, `mscan_t.pth` or `nvidia/mit-b0`) converts to `backbone.*`
@@ -23,15 +24,17 @@ from seglab.convert.hrnet import convert_hrnet_official
 from seglab.convert.mmseg import convert_segformer_mmseg
 from seglab.convert.official import convert_segformer_official
 from seglab.convert.segnext import convert_segnext_mmseg, convert_segnext_official
+from seglab.convert.upernet import convert_upernet_swin_hf, convert_upernet_swin_mmseg
 
 Converter = Callable[[dict[str, torch.Tensor], str, str], ConversionResult]
 
 # source -> model-name prefix -> converter
 CONVERTERS: dict[str, dict[str, Converter]] = {
-    "hf": {"segformer_": convert_segformer_hf},
+    "hf": {"segformer_": convert_segformer_hf, "upernet_swin_": convert_upernet_swin_hf},
     "official": {"segformer_": convert_segformer_official, "segnext_": convert_segnext_official,
-                 "fcn_hrnetv2_": convert_hrnet_official},
-    "mmseg": {"segformer_": convert_segformer_mmseg, "segnext_": convert_segnext_mmseg},
+                 "fcn_hrnetv2_": convert_hrnet_official, "upernet_swin_": convert_upernet_swin_mmseg},
+    "mmseg": {"segformer_": convert_segformer_mmseg, "segnext_": convert_segnext_mmseg,
+              "upernet_swin_": convert_upernet_swin_mmseg},
 }
 SOURCES = tuple(CONVERTERS)
 

@@ -1,0 +1,130 @@
+"""UperNet-Swin checkpoints -> seglab: Hugging Face transformers, official Swin segmentation (mmseg 0.x), mmseg 1.x.
+
+Heads. mmseg (both versions) and the official Swin segmentation repo: `decode_head.psp_modules.{k}.1.{conv,bn}`,
+`decode_head.bottleneck`, `decode_head.lateral_convs.{i}`, `decode_head.fpn_convs.{i}`, `decode_head.fpn_bottleneck`
+(ConvModules `{conv,bn}`), `decode_head.conv_seg`, `auxiliary_head.convs.0.{conv,bn}`, `auxiliary_head.conv_seg`.
+transformers (`UperNetForSemanticSegmentation`): the same module names with `batch_norm` for `bn` and `classifier` for
+`conv_seg`.
+
+Backbones are mapped by `seglab.convert.swin` (transformers' `SwinBackbone`; the official / mmseg 0.x and mmseg 1.x
+Swin layouts, told apart by their keys). Source `mmseg` covers both mmseg-based layouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from seglab.convert.common import (
+    ConversionResult,
+    RenameRule,
+    SourceKeys,
+    TargetDict,
+    apply_rename_table,
+    finalize,
+)
+from seglab.convert.swin import convert_swin_hf, convert_swin_official
+
+_PARAM = r"(weight|bias)"
+_BN_LEAF = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+
+
+def _head_table(norm: str, classifier: str) -> list[RenameRule]:
+    """Head renames for a layout whose ConvModule norm child is `norm` and whose classifier is `classifier`."""
+    conv_module = r"(bottleneck|fpn_bottleneck|lateral_convs\.\d+|fpn_convs\.\d+)"
+    return [
+        RenameRule(r"decode_head\.psp_modules\.(\d+)\.1\.conv\.weight", r"decode_head.ppm.convs.\1.conv.weight"),
+        RenameRule(rf"decode_head\.psp_modules\.(\d+)\.1\.{norm}\.{_BN_LEAF}", r"decode_head.ppm.convs.\1.norm.\2"),
+        RenameRule(rf"decode_head\.{conv_module}\.conv\.weight", r"decode_head.\1.conv.weight"),
+        RenameRule(rf"decode_head\.{conv_module}\.{norm}\.{_BN_LEAF}", r"decode_head.\1.norm.\2"),
+        RenameRule(rf"decode_head\.{classifier}\.{_PARAM}", r"decode_head.classifier.\1"),
+        RenameRule(r"auxiliary_head\.convs\.(\d+)\.conv\.weight", r"aux_heads.0.convs.\1.conv.weight"),
+        RenameRule(rf"auxiliary_head\.convs\.(\d+)\.{norm}\.{_BN_LEAF}", r"aux_heads.0.convs.\1.norm.\2"),
+        RenameRule(rf"auxiliary_head\.{classifier}\.{_PARAM}", r"aux_heads.0.classifier.\1"),
+    ]
+
+
+MMSEG_HEAD_TABLE = _head_table("bn", "conv_seg")
+HF_HEAD_TABLE = _head_table("batch_norm", "classifier")
+
+
+def upernet_variant(model_name: str, source: str) -> str:
+    """`upernet_swin_t` -> `t`; other names are refused with the supported list."""
+    from seglab.models.upernet import UPERNET_SWIN_VARIANTS
+
+    variant = model_name.removeprefix("upernet_swin_")
+    if not model_name.startswith("upernet_swin_") or variant not in UPERNET_SWIN_VARIANTS:
+        names = ", ".join(f"upernet_swin_{v}" for v in UPERNET_SWIN_VARIANTS)
+        raise ValueError(f"the {source!r} UperNet converter converts UperNet-Swin checkpoints; model must be one of "
+                         f"{names}, got {model_name!r}")
+    return variant
+
+
+def _finish(source: SourceKeys, target: TargetDict, model_name: str, layout: str) -> ConversionResult:
+    """Reads classes, head width and whether the auxiliary head is present, then checks the result."""
+    source.check_consumed(f"{model_name} ({layout} layout)")
+    key = "decode_head.classifier.weight"
+    if key not in target.tensors:
+        raise ValueError(f"the {layout} checkpoint has no decode-head classifier; is it truncated?")
+    num_classes, channels = target.tensors[key].shape[:2]
+    overrides: dict = {}
+    if channels != 512:
+        overrides["head_channels"] = int(channels)
+    aux_key = "aux_heads.0.classifier.weight"
+    if aux_key in target.tensors:
+        aux_channels = int(target.tensors[aux_key].shape[1])
+        if aux_channels != 256:
+            overrides["aux_channels"] = aux_channels
+    else:
+        overrides["aux_head"] = False
+    window = next((v for k, v in target.tensors.items() if k.endswith("relative_position_bias_table")), None)
+    if window is not None:
+        side = int(round(window.shape[0] ** 0.5))  # ((2w - 1)^2, heads)
+        if (side + 1) // 2 != 7:
+            overrides["window_size"] = (side + 1) // 2
+    return finalize(source, target, model_name, int(num_classes), overrides)
+
+
+def _convert(
+    state_dict: dict[str, torch.Tensor], model_name: str, origin: str, layout: str,
+    backbone: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]], head_table: list[RenameRule],
+) -> ConversionResult:
+    """Head renames plus a `seglab.convert.swin` backbone mapping applied to the `backbone.*` keys."""
+    upernet_variant(model_name, layout)
+    source = SourceKeys(state_dict, origin)
+    target = TargetDict()
+    backbone_keys = [k for k in source.keys() if k.startswith("backbone.")]
+    converted = backbone({k: source.tensors[k] for k in backbone_keys})  # fails on a backbone key it cannot map
+    source.consumed.update(backbone_keys)
+    for key, value in converted.items():
+        target.put(key, value, "backbone.*")
+    apply_rename_table(source, target, head_table)
+    return _finish(source, target, model_name, layout)
+
+
+def convert_upernet_swin_hf(
+    state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict"
+) -> ConversionResult:
+    """Converts transformers' `UperNetForSemanticSegmentation` with a `SwinBackbone` (`openmmlab/upernet-swin-*`).
+
+    Args:
+        state_dict: the model's state dict (`model.safetensors` of the hub repository).
+        model_name: `upernet_swin_t` .. `upernet_swin_l`.
+        origin: the file name, for error messages.
+    """
+    return _convert(state_dict, model_name, origin, "hf", convert_swin_hf, HF_HEAD_TABLE)
+
+
+def convert_upernet_swin_mmseg(
+    state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict"
+) -> ConversionResult:
+    """Converts a UperNet-Swin checkpoint of the official Swin-Transformer-Semantic-Segmentation repo (mmseg 0.x
+    layout) or of mmsegmentation 1.x (the backbone layout is recognised from the keys).
+
+    Args:
+        state_dict: the segmentor's `state_dict`.
+        model_name: `upernet_swin_t` .. `upernet_swin_l`.
+        origin: the file name, for error messages.
+    """
+    return _convert(state_dict, model_name, origin, "mmseg", convert_swin_official, MMSEG_HEAD_TABLE)
