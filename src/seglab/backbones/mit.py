@@ -20,6 +20,7 @@ from torch import nn
 
 from seglab.backbones.base import FeatureInfo
 from seglab.layers import DropPath, drop_path_rates, nchw_to_nlc, nlc_to_nchw
+from seglab.layers.init import init_weights
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -218,7 +219,7 @@ class MixVisionTransformer(nn.Module):
         # the stage-1 map must be at least as large as its reduction conv's kernel (sr_ratio)
         first = config.sr_ratios[0]
         self.min_input_size = (first - 1) * config.strides[0] + config.patch_sizes[0] - 2 * (config.patch_sizes[0] // 2)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.shape[-2] < self.min_input_size or x.shape[-1] < self.min_input_size:
@@ -232,18 +233,3 @@ class MixVisionTransformer(nn.Module):
                 outs.append(x)
         return outs
 
-
-def _init_weights(module: nn.Module) -> None:
-    """The original initialisation: truncated normal for linears, fan-out normal for convs."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Conv2d):
-        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
-        nn.init.normal_(module.weight, 0.0, (2.0 / fan_out) ** 0.5)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)

@@ -21,6 +21,7 @@ from torch import nn
 
 from seglab.backbones.base import FeatureInfo
 from seglab.layers import DropPath, drop_path_rates, nchw_to_nlc, nlc_to_nchw
+from seglab.layers.init import init_weights
 
 STRIP_KERNELS = (7, 11, 21)  # lengths of the three strip-conv branches of MSCA
 
@@ -209,7 +210,7 @@ class MSCAN(nn.Module):
             channels = dim
         self.stages = nn.ModuleList(stages)
         self.feature_info = [infos[i] for i in self.out_indices]
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         # Channels-last: CPU depth-wise convs (most of MSCAN's layers) run ~10x faster on NHWC than on NCHW.
@@ -221,18 +222,3 @@ class MSCAN(nn.Module):
                 outs.append(x)
         return outs
 
-
-def _init_weights(module: nn.Module) -> None:
-    """The original initialisation: truncated normal for linears, fan-out normal for convs, unit norms."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Conv2d):
-        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
-        nn.init.normal_(module.weight, 0.0, (2.0 / fan_out) ** 0.5)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)

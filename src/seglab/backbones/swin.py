@@ -35,6 +35,7 @@ from torch import nn
 
 from seglab.backbones.base import FeatureInfo
 from seglab.layers import DropPath, drop_path_rates
+from seglab.layers.init import init_weights
 
 # the additive mask value of the original code for token pairs of different shifted regions
 MASK_VALUE = -100.0
@@ -477,12 +478,6 @@ class SwinTransformer(nn.Module):
 
 def _init_weights(module: nn.Module) -> None:
     """The original initialisation: truncated normal (std 0.02) for linears and bias tables, unit LayerNorms."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, WindowAttention):
+    init_weights(module, conv_fan_out=False)
+    if isinstance(module, WindowAttention):
         nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
