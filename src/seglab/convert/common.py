@@ -285,16 +285,30 @@ def finalize(
                             dropped=list(source.dropped), backbone_only=backbone_only)
 
 
+def model_variant(model_name: str, prefix: str, variants: Iterable[str], family: str, source: str) -> str:
+    """`prefix + variant` -> `variant`; any other model name is refused with the list of supported ones.
+
+    Args:
+        model_name: the seglab model the weights are for (e.g. `segnext_b`).
+        prefix: the family's name prefix (`segnext_`).
+        variants: the family's variant names.
+        family: the family's display name, for the message.
+        source: the checkpoint layout's name, for the message.
+    """
+    variants = list(variants)
+    variant = model_name.removeprefix(prefix)
+    if not model_name.startswith(prefix) or variant not in variants:
+        names = ", ".join(f"{prefix}{v}" for v in variants)
+        raise ValueError(f"source {source!r} converts {family} checkpoints only; model must be one of {names}, "
+                         f"got {model_name!r}")
+    return variant
+
+
 def segformer_variant(model_name: str, source: str) -> str:
     """`segformer_b2` -> `b2`; any other model name is refused with the list of supported ones."""
     from seglab.models.segformer import SEGFORMER_VARIANTS
 
-    variant = model_name.removeprefix("segformer_")
-    if not model_name.startswith("segformer_") or variant not in SEGFORMER_VARIANTS:
-        names = ", ".join(f"segformer_{v}" for v in SEGFORMER_VARIANTS)
-        raise ValueError(f"source {source!r} converts SegFormer checkpoints only; model must be one of {names}, "
-                         f"got {model_name!r}")
-    return variant
+    return model_variant(model_name, "segformer_", SEGFORMER_VARIANTS, "SegFormer", source)
 
 
 def segformer_head_options(target: TargetDict, variant: str) -> tuple[int, dict[str, Any]]:

@@ -35,6 +35,7 @@ from seglab.convert.common import (
     TargetDict,
     apply_rename_table,
     finalize,
+    model_variant,
 )
 
 OFFICIAL_OVERRIDES: dict[str, Any] = {"align_corners": True, "fuse_upsample": "bilinear", "head_conv_bias": True}
@@ -96,12 +97,7 @@ def hrnet_variant(model_name: str) -> str:
     """`fcn_hrnetv2_w48` -> `w48`; any other model name is refused with the list of supported ones."""
     from seglab.models.hrnet import HRNET_VARIANTS
 
-    variant = model_name.removeprefix("fcn_hrnetv2_")
-    if not model_name.startswith("fcn_hrnetv2_") or variant not in HRNET_VARIANTS:
-        names = ", ".join(f"fcn_hrnetv2_{v}" for v in HRNET_VARIANTS)
-        raise ValueError(f"the HRNet converter converts HRNet checkpoints only; model must be one of {names}, "
-                         f"got {model_name!r}")
-    return variant
+    return model_variant(model_name, "fcn_hrnetv2_", HRNET_VARIANTS, "HRNet", "official")
 
 
 def convert_hrnet_official(

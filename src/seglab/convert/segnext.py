@@ -37,6 +37,7 @@ from seglab.convert.common import (
     apply_rename_table,
     finalize,
     has_decode_head,
+    model_variant,
     stage_from_one_based,
 )
 
@@ -118,12 +119,7 @@ def segnext_variant(model_name: str, source: str) -> str:
     """
     from seglab.models.segnext import SEGNEXT_VARIANTS
 
-    variant = model_name.removeprefix("segnext_")
-    if not model_name.startswith("segnext_") or variant not in SEGNEXT_VARIANTS:
-        names = ", ".join(f"segnext_{v}" for v in SEGNEXT_VARIANTS)
-        raise ValueError(f"the {source!r} SegNeXt converter converts SegNeXt checkpoints only; model must be one of "
-                         f"{names}, got {model_name!r}")
-    return variant
+    return model_variant(model_name, "segnext_", SEGNEXT_VARIANTS, "SegNeXt", source)
 
 
 def segnext_head_options(target: TargetDict, variant: str) -> tuple[int, dict[str, Any]]:

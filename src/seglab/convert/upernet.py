@@ -23,6 +23,7 @@ from seglab.convert.common import (
     TargetDict,
     apply_rename_table,
     finalize,
+    model_variant,
 )
 from seglab.convert.swin import convert_swin_hf, convert_swin_official
 
@@ -53,12 +54,7 @@ def upernet_variant(model_name: str, source: str) -> str:
     """`upernet_swin_t` -> `t`; other names are refused with the supported list."""
     from seglab.models.upernet import UPERNET_SWIN_VARIANTS
 
-    variant = model_name.removeprefix("upernet_swin_")
-    if not model_name.startswith("upernet_swin_") or variant not in UPERNET_SWIN_VARIANTS:
-        names = ", ".join(f"upernet_swin_{v}" for v in UPERNET_SWIN_VARIANTS)
-        raise ValueError(f"the {source!r} UperNet converter converts UperNet-Swin checkpoints; model must be one of "
-                         f"{names}, got {model_name!r}")
-    return variant
+    return model_variant(model_name, "upernet_swin_", UPERNET_SWIN_VARIANTS, "UperNet-Swin", source)
 
 
 def _finish(source: SourceKeys, target: TargetDict, model_name: str, layout: str) -> ConversionResult:
