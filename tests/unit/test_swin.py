@@ -17,6 +17,7 @@ from seglab.backbones.swin import (
     SwinConfig,
     SwinStage,
     SwinTransformer,
+    WindowAttention,
     WindowLayout,
     relative_position_index,
 )
@@ -119,7 +120,9 @@ def test_window_layout_equals_pad_roll_partition(size):
         rolled = torch.roll(padded, shifts=(-shift[0], -shift[1]), dims=(1, 2))
         windows = rolled.view(1, hp // wh, wh, wp // ww, ww, channels).permute(0, 1, 3, 2, 4, 5)
         windows = windows.reshape(1, -1, channels)  # (1, nH, nW, wh, ww, C) -> (1, nW_total * N, C)
-        tokens = F.pad(x.view(1, -1, channels), (0, 0, 0, 1))  # the appended zero token
+        tokens = x.view(1, -1, channels)
+        if layout.padded:
+            tokens = F.pad(tokens, (0, 0, 1, 0))  # the prepended zero token
         assert torch.equal(tokens.index_select(1, order.gather), windows)
         assert torch.equal(windows.index_select(1, order.scatter), x.view(1, -1, channels))
     assert (layout.shift_mask is None) == (height <= 7 and width <= 7)
@@ -345,3 +348,23 @@ def test_unfold_order_matches_mmseg_merging_numerically():
 def test_official_converter_rejects_other_layouts():
     with pytest.raises(ValueError, match="not a Swin segmentation checkpoint"):
         convert_swin_official({"backbone.stages.0.blocks.0.norm1.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 77, 50), (2, 3, 64, 96), (1, 3, 33, 47), (1, 3, 256, 200)])
+def test_export_path_equals_eager_path(shape, monkeypatch):
+    """While exporting, every size takes the branch-free path (zero token, shifted order and region mask built for
+    every stage, padding always applied, the bias always indexed): it must give the eager result at every size,
+    including stages smaller than the window and padded ones."""
+    torch.manual_seed(0)
+    model = _tiny(drop_path_rate=0.0)
+    for module in model.modules():
+        if isinstance(module, WindowAttention):
+            torch.nn.init.normal_(module.relative_position_bias_table)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        eager = model(x)
+        monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+        exported = model(x)
+    for a, b in zip(eager, exported, strict=True):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()

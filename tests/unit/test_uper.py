@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from seglab.heads.fcn import FCNHead
 from seglab.heads.uper import UPerHead
+from seglab.layers import adaptive_avg_pool
 
 IN_CHANNELS = (8, 16, 24, 32)
 
@@ -85,3 +86,29 @@ def test_fcn_head_reads_its_input_and_stacks_convs():
     changed[0] = torch.zeros_like(changed[0])
     assert torch.equal(head(changed), out)  # only stage 3 is read
     assert len(head.convs) == 2 and head.conv_cat is not None
+
+
+@pytest.mark.parametrize("size", [(2, 2), (3, 5), (7, 4), (13, 9), (16, 16)])
+@pytest.mark.parametrize("scale", [1, 2, 3, 6])
+def test_exportable_adaptive_pool_equals_native(size, scale, monkeypatch):
+    """The matrix form used while exporting averages exactly PyTorch's adaptive bins, also when the map is smaller
+    than the output (overlapping bins)."""
+    x = torch.randn(2, 3, *size)
+    native = adaptive_avg_pool(x, scale)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    exported = adaptive_avg_pool(x, scale)
+    assert torch.allclose(native, F.adaptive_avg_pool2d(x, scale))
+    assert exported.shape == native.shape
+    assert torch.allclose(exported, native, atol=1e-6), (exported - native).abs().max()
+
+
+def test_export_path_of_the_head_equals_eager(monkeypatch):
+    """While exporting, the head pools with matrices, always resizes and fuses with the plain concat + conv."""
+    torch.manual_seed(0)
+    head = UPerHead([8, 16, 24, 32], channels=16, num_classes=5).eval()
+    feats = [torch.randn(1, c, 20 // s, 13 // s + 1) for c, s in zip([8, 16, 24, 32], [1, 2, 4, 8], strict=True)]
+    with torch.no_grad():
+        eager = head(feats)
+        monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+        exported = head(feats)
+    assert torch.allclose(eager, exported, atol=1e-5), (eager - exported).abs().max()

@@ -17,12 +17,15 @@ What we changed: the attention runs on `F.scaled_dot_product_attention` with the
 into one float mask, all windows of a batch in one call; the masks are built per forward for the padded size. Padding,
 the cyclic shift (`torch.roll` in the original) and the window partition are folded into one gather index per stage
 and shift (`WindowLayout`), and their inverses and the crop into one scatter: one copy each way, and the qkv / output
-projections run on the map's tokens only (a padded slot reads an appended zero token, whose projection is the bias, as
+projections run on the map's tokens only (a padded slot reads a prepended zero token, whose projection is the bias, as
 the original's zero padding gives). The results equal the original's procedure exactly. A stage
 whose map is no larger than the window along a dimension uses the map size as the window along it and no shift there
 (as the classification code and timm do; the segmentation code keeps a 7x7 window and pads): the bias of such a
-smaller window reads the sub-range of offsets of the full table. Module names are seglab's (`seglab.convert.swin` maps
-the official, mmseg and timm layouts); the features stay channels-last (B, H, W, C) inside the network.
+smaller window reads the sub-range of offsets of the full table. While exporting (`torch.compiler.is_exporting()`)
+nothing branches on a size: the general path (zero token, shifted order and region mask for every stage, padding
+always applied) serves every size, so an ONNX graph is right at sizes other than the example's. Module names are
+seglab's (`seglab.convert.swin` maps the official, mmseg and timm layouts); the features stay channels-last
+(B, H, W, C) inside the network.
 """
 
 from __future__ import annotations
@@ -84,13 +87,15 @@ def stage_window(height: int, width: int, window_size: int) -> tuple[tuple[int, 
     """Window and shift of one stage for a (height, width) map.
 
     Along a dimension no larger than the window, the window shrinks to the map and there is no shift (shifting a
-    single window would only wrap it onto itself).
+    single window would only wrap it onto itself). Written as min/arithmetic without branches, so that an exported
+    graph keeps the rule for every size (the sizes may be symbolic).
 
     Returns:
         ((window_h, window_w), (shift_h, shift_w)); the shift is the one of the odd (SW-MSA) blocks.
     """
     window = (min(height, window_size), min(width, window_size))
-    shift = (0 if height <= window_size else window_size // 2, 0 if width <= window_size else window_size // 2)
+    # min(n, w + 1) - min(n, w) is 1 when n > w and 0 otherwise
+    shift = tuple((window_size // 2) * (min(n, window_size + 1) - min(n, window_size)) for n in (height, width))
     return window, shift
 
 
@@ -115,10 +120,8 @@ def shift_attention_mask(
     regions = []
     for size, win, sft in zip(padded_size, window, shift, strict=True):
         index = torch.arange(size, device=device)
-        region = torch.zeros(size, dtype=torch.long, device=device)
-        if sft > 0:
-            region = (index >= size - win).long() + (index >= size - sft).long()
-        regions.append(region)
+        # with no shift along a dimension it is one window there (size == win): every index gets region 1
+        regions.append((index >= size - win).long() + (index >= size - sft).long())
     label = regions[0][:, None] * 3 + regions[1][None, :]  # (Hp, Wp)
     (hp, wp), (wh, ww) = padded_size, window
     label = label.view(hp // wh, wh, wp // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)  # (nW, N)
@@ -131,8 +134,8 @@ class TokenOrder:
     """Index maps between the row-major tokens of a map and its windows, for one shift (the same for every image).
 
     Args:
-        gather: (nW * N,) map token of every window slot, in window order; index H*W is a zero token appended for
-            the padded slots.
+        gather: (nW * N,) map token of every window slot, in window order; on a padded map, index 0 is a zero
+            token prepended for the padded slots and map token i is at i + 1.
         scatter: (H*W,) window slot of every map token, in row-major map order.
     """
 
@@ -149,7 +152,7 @@ class WindowLayout:
     Args:
         window: (window_h, window_w), from `stage_window`.
         window_area: N = window_h * window_w.
-        padded: whether the map needs padding (then the gather reads a zero token at index H*W).
+        padded: whether the map needs padding (then the gather reads a zero token at index 0).
         single_window: the unpadded map is one window and no block shifts it: gather and scatter are identities.
         plain: token order of the W-MSA blocks.
         shifted: token order of the SW-MSA blocks (the same as `plain` when the stage has no shift).
@@ -168,13 +171,22 @@ class WindowLayout:
     def build(height: int, width: int, window_size: int, device: torch.device) -> WindowLayout:
         """The layout of a (height, width) map; built per forward, as it depends on the input size."""
         window, shift = stage_window(height, width, window_size)
-        padded_h, padded_w = -(-height // window[0]) * window[0], -(-width // window[1]) * window[1]
+        # (n + w - 1) // w: ceil division without negative operands, which an ONNX graph would round towards zero
+        padded_h = (height + window[0] - 1) // window[0] * window[0]
+        padded_w = (width + window[1] - 1) // window[1] * window[1]
+        if torch.compiler.is_exporting():
+            # symbolic sizes: no Python branch on them (it would freeze the graph to the example's case); the general
+            # path (zero token, shifted order, region mask) gives the same result for every size
+            plain = _token_order(height, width, (padded_h, padded_w), window, (0, 0), device, zero_token=True)
+            shifted = _token_order(height, width, (padded_h, padded_w), window, shift, device, zero_token=True)
+            mask = shift_attention_mask((padded_h, padded_w), window, shift, device)
+            return WindowLayout(window, window[0] * window[1], True, False, plain, shifted, mask)
         padded = (padded_h, padded_w) != (height, width)
-        plain = _token_order(height, width, (padded_h, padded_w), window, (0, 0), device)
+        plain = _token_order(height, width, (padded_h, padded_w), window, (0, 0), device, zero_token=padded)
         if not any(shift):
             single = window == (height, width)  # a dimension fits the window only when it is the window (clamped)
             return WindowLayout(window, window[0] * window[1], padded, single, plain, plain, None)
-        shifted = _token_order(height, width, (padded_h, padded_w), window, shift, device)
+        shifted = _token_order(height, width, (padded_h, padded_w), window, shift, device, zero_token=padded)
         mask = shift_attention_mask((padded_h, padded_w), window, shift, device)
         return WindowLayout(window, window[0] * window[1], padded, False, plain, shifted, mask)
 
@@ -186,21 +198,34 @@ def _token_order(
     window: tuple[int, int],
     shift: tuple[int, int],
     device: torch.device,
+    zero_token: bool,
 ) -> TokenOrder:
-    """Gather/scatter indices of pad (right/bottom) -> roll by -shift -> partition, as in the original."""
+    """Gather/scatter indices of pad (right/bottom) -> roll by -shift -> partition, as in the original.
+
+    With `zero_token`, the gather reads a token sequence with a zero token prepended (padded slots read it).
+    """
     (padded_h, padded_w), (wh, ww) = padded_size, window
     # slot (r, c) of the rolled padded map holds padded position ((r + shift_h) % Hp, (c + shift_w) % Wp)
-    rows = (torch.arange(padded_h, device=device) + shift[0]) % padded_h
-    cols = (torch.arange(padded_w, device=device) + shift[1]) % padded_w
+    rows = _wrap(torch.arange(padded_h, device=device) + shift[0], padded_h)
+    cols = _wrap(torch.arange(padded_w, device=device) + shift[1], padded_w)
     source = rows[:, None] * width + cols[None, :]
-    source = source.masked_fill((rows[:, None] >= height) | (cols[None, :] >= width), height * width)  # padding
+    if zero_token:
+        # index 0 for the padded slots: a constant, unlike an appended token's H*W, exports cleanly
+        source = (source + 1).masked_fill((rows[:, None] >= height) | (cols[None, :] >= width), 0)
     gather = source.view(padded_h // wh, wh, padded_w // ww, ww).permute(0, 2, 1, 3).reshape(-1)  # window order
     # map token (r, c) sits at rolled slot ((r - shift_h) % Hp, (c - shift_w) % Wp); its index in window order
-    slot_r = (torch.arange(height, device=device) - shift[0]) % padded_h
-    slot_c = (torch.arange(width, device=device) - shift[1]) % padded_w
-    window_index = (slot_r // wh)[:, None] * (padded_w // ww) + (slot_c // ww)[None, :]  # (H, W)
-    scatter = window_index * (wh * ww) + ((slot_r % wh) * ww)[:, None] + (slot_c % ww)[None, :]
+    slot_r = _wrap(torch.arange(height, device=device) - shift[0], padded_h)
+    slot_c = _wrap(torch.arange(width, device=device) - shift[1], padded_w)
+    window_r, window_c = slot_r // wh, slot_c // ww
+    window_index = window_r[:, None] * (padded_w // ww) + window_c[None, :]  # (H, W)
+    inner_r, inner_c = slot_r - window_r * wh, slot_c - window_c * ww  # the remainders, written exportably
+    scatter = window_index * (wh * ww) + (inner_r * ww)[:, None] + inner_c[None, :]
     return TokenOrder(gather=gather, scatter=scatter.flatten())
+
+
+def _wrap(index: torch.Tensor, size: int) -> torch.Tensor:
+    """`index % size` for indices in [-size, 2 * size): a remainder by a symbolic size does not export to ONNX."""
+    return torch.where(index < 0, index + size, torch.where(index >= size, index - size, index))
 
 
 class PatchEmbed(nn.Module):
@@ -213,8 +238,11 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad_h, pad_w = (-x.shape[-2]) % self.patch_size, (-x.shape[-1]) % self.patch_size
-        if pad_h or pad_w:
+        # ceil-division form: exported size expressions stay small (no modulo, no negative floor division)
+        size = self.patch_size
+        pad_h = (x.shape[-2] + size - 1) // size * size - x.shape[-2]
+        pad_w = (x.shape[-1] + size - 1) // size * size - x.shape[-1]
+        if torch.compiler.is_exporting() or pad_h or pad_w:  # no branch on symbolic sizes
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))  # (B, C, H, W) -> (B, H, W, C)
 
@@ -258,7 +286,7 @@ class WindowAttention(nn.Module):
         offsets, and so table rows, are the same.
         """
         index = self.relative_position_index
-        if window != (self.window_size, self.window_size):
+        if torch.compiler.is_exporting() or window != (self.window_size, self.window_size):
             rows = torch.arange(window[0], device=index.device)[:, None] * self.window_size
             keep = (rows + torch.arange(window[1], device=index.device)).flatten()
             index = index[keep][:, keep]
@@ -283,7 +311,7 @@ class WindowAttention(nn.Module):
         head_dim = dim // self.num_heads
         if layout.padded:
             # project first: the padded slots are not worth their GEMM rows; then gather 3C channels
-            qkv = self.qkv(F.pad(x, (0, 0, 0, 1))).index_select(1, order.gather)  # zero token at H*W
+            qkv = self.qkv(F.pad(x, (0, 0, 1, 0))).index_select(1, order.gather)  # zero token first
         elif layout.single_window:
             qkv = self.qkv(x)  # the map is its one window, in order
         else:
@@ -293,7 +321,11 @@ class WindowAttention(nn.Module):
         # the mask follows q's dtype, which autocast may have lowered
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype),
                                              dropout_p=self.attn_drop if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(batch, -1, dim)  # (B * nW, heads, N, d) -> (B, nW * N, C)
+        out = out.transpose(1, 2)  # (B * nW, N, heads, d)
+        if torch.compiler.is_exporting():
+            # the export's decomposition cannot prove that the symbolic strides of this view allow merging
+            out = out.clone(memory_format=torch.contiguous_format)
+        out = out.reshape(batch, -1, dim)  # (B, nW * N, C)
         if not layout.single_window:
             out = out.index_select(1, order.scatter)  # (B, H*W, C), map order, padded slots dropped
         return self.proj_drop(self.proj(out))
@@ -358,8 +390,7 @@ class SwinBlock(nn.Module):
         bias = self.attn.position_bias(layout.window)  # (heads, N, N)
         if self.shifted and layout.shift_mask is not None:
             mask = bias.unsqueeze(0) + layout.shift_mask.unsqueeze(1)  # (nW, heads, N, N)
-            if batch > 1:
-                mask = mask.unsqueeze(0).expand(batch, -1, -1, -1, -1).reshape(-1, *mask.shape[1:])  # (B*nW, ...)
+            mask = mask.unsqueeze(0).expand(batch, -1, -1, -1, -1).flatten(0, 1)  # (B * nW, ...), a view at B = 1
         else:
             mask = bias.unsqueeze(0)  # (1, heads, N, N), the same for every window
         y = self.attn(self.norm1(x).view(batch, height * width, channels), layout, order, mask)
@@ -378,9 +409,10 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
-        if height % 2 or width % 2:
-            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
-            height, width = height + height % 2, width + width % 2
+        pad_h, pad_w = (height + 1) // 2 * 2 - height, (width + 1) // 2 * 2 - width  # no modulo: small exported sizes
+        if torch.compiler.is_exporting() or pad_h or pad_w:  # no branch on symbolic sizes
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+            height, width = height + pad_h, width + pad_w
         x = x.view(batch, height // 2, 2, width // 2, 2, channels)  # (B, H/2, row, W/2, col, C)
         # column offset outer, row offset inner: the original x0, x1, x2, x3 order
         x = x.permute(0, 1, 3, 4, 2, 5).reshape(batch, height // 2, width // 2, 4 * channels)

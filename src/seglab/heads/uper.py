@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seglab.layers import ConvNormAct, resize
+from seglab.layers import ConvNormAct, adaptive_avg_pool, resize
 
 
 class PyramidPooling(nn.Module):
@@ -46,7 +46,7 @@ class PyramidPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         size = x.shape[-2:]
-        return [resize(conv(F.adaptive_avg_pool2d(x, scale)), size, self.align_corners)
+        return [resize(conv(adaptive_avg_pool(x, scale)), size, self.align_corners)
                 for scale, conv in zip(self.pool_scales, self.convs, strict=True)]
 
 
@@ -101,6 +101,8 @@ class UPerHead(nn.Module):
         """
         conv = self.fpn_bottleneck.conv
         finest = outs[0]
+        if torch.compiler.is_exporting():  # the plain form: exporters handle it directly and graph runtimes fuse it
+            return conv(torch.cat([finest] + [resize(x, finest.shape[-2:], self.align_corners) for x in outs[1:]], 1))
         channels, out_channels = finest.shape[1], conv.weight.shape[0]
         height, width = finest.shape[-2:]
         blocks = conv.weight.split(channels, dim=1)  # one (out, channels, 3, 3) block per level
