@@ -17,6 +17,7 @@ from seglab.convert.hrnet import (
     convert_hrnet_timm,
     convert_hrnet_timm_backbone,
 )
+from seglab.convert import convert_checkpoint
 from seglab.registry import create_model
 
 timm = pytest.importorskip("timm")
@@ -192,3 +193,44 @@ def test_official_round_trip_w18s_v1() -> None:
         expected, got = model(x), restored(x)
     assert got.shape == (1, 7, 18, 23)
     assert torch.equal(got, expected)
+
+
+def mmseg_manifest(timm_name: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """Key names and shapes of an mmseg FCN-HRNet checkpoint: the official backbone names under `backbone.`, and
+    FCNHead (`num_convs=1`, `kernel_size=1`: ConvModule `convs.0.conv` without bias + `convs.0.bn`) + `conv_seg`."""
+    with torch.device("meta"):
+        backbone = timm_features(timm_name)
+    manifest = {f"backbone.{k}": tuple(v.shape) for k, v in backbone.state_dict().items()}
+    width = sum(backbone.feature_info.channels())
+    manifest.update({
+        "decode_head.convs.0.conv.weight": (width, width, 1, 1),
+        **{f"decode_head.convs.0.bn.{n}": (width,) for n in ("weight", "bias", "running_mean", "running_var")},
+        "decode_head.convs.0.bn.num_batches_tracked": (),
+        "decode_head.conv_seg.weight": (num_classes, width, 1, 1),
+        "decode_head.conv_seg.bias": (num_classes,),
+    })
+    return manifest
+
+
+@pytest.mark.parametrize(("timm_name", "model_name"), [("hrnet_w18_small_v2", "fcn_hrnetv2_w18s"),
+                                                       ("hrnet_w48", "fcn_hrnetv2_w48")])
+def test_mmseg_manifest_converts(timm_name: str, model_name: str) -> None:
+    """fcn_hr18s (W18-Small-v2) and fcn_hr48 at ADE20K's 150 classes: every key placed, mmseg's numerics set."""
+    state = {k: torch.randn(shape) if len(shape) else torch.tensor(0)
+             for k, shape in mmseg_manifest(timm_name, 150).items()}
+    result = convert_checkpoint(state, "mmseg", model_name)
+    assert result.num_classes == 150 and result.dropped == []
+    assert result.overrides == {"align_corners": False, "fuse_upsample": "nearest", "head_conv_bias": False}
+    model = create_model(model_name, num_classes=150, **result.overrides)
+    model.load_state_dict(result.state_dict, strict=True)
+    assert torch.equal(model.decode_head.fuse.conv.weight, state["decode_head.convs.0.conv.weight"])
+    assert torch.equal(model.decode_head.classifier.bias, state["decode_head.conv_seg.bias"])
+    assert torch.equal(model.state_dict()["backbone.stages.2.0.fuse_layers.0.3.conv.weight"],
+                       state["backbone.stage4.0.fuse_layers.0.3.0.weight"])
+
+
+def test_mmseg_converter_refuses_extra_head_keys() -> None:
+    state = {k: torch.zeros(shape) for k, shape in mmseg_manifest("hrnet_w18_small_v2", 19).items()}
+    state["auxiliary_head.conv_seg.weight"] = torch.zeros(19, 270, 1, 1)
+    with pytest.raises(ValueError, match="auxiliary_head.conv_seg.weight"):
+        convert_checkpoint(state, "mmseg", "fcn_hrnetv2_w18s")

@@ -2,7 +2,7 @@
 
 SegFormer: one module per source layout (`official` NVlabs code, `mmseg`, `hf` transformers); SegNeXt: `segnext`
 (official Visual-Attention-Network code and mmseg 1.x, whose NMF rank it sets); HRNet: `hrnet` (official
-HRNet-Semantic-Segmentation checkpoints); UperNet-Swin: `upernet` (transformers, and the official
+HRNet-Semantic-Segmentation checkpoints and mmseg's FCN-HRNet); UperNet-Swin: `upernet` (transformers, and the official
 Swin-Transformer-Semantic-Segmentation / mmseg layouts through `swin`). Each converter consumes every source
 key or lists it as dropped, and its result loads `strict=True` into
 `create_model(model_name, num_classes=result.num_classes, **result.overrides)`. A source without decode-head keys
@@ -20,7 +20,7 @@ import torch
 
 from seglab.convert.common import ConversionResult, read_source
 from seglab.convert.hf import convert_segformer_hf
-from seglab.convert.hrnet import convert_hrnet_official
+from seglab.convert.hrnet import convert_hrnet_mmseg, convert_hrnet_official
 from seglab.convert.mmseg import convert_segformer_mmseg
 from seglab.convert.official import convert_segformer_official
 from seglab.convert.segnext import convert_segnext_mmseg, convert_segnext_official
@@ -34,7 +34,7 @@ CONVERTERS: dict[str, dict[str, Converter]] = {
     "official": {"segformer_": convert_segformer_official, "segnext_": convert_segnext_official,
                  "fcn_hrnetv2_": convert_hrnet_official, "upernet_swin_": convert_upernet_swin_mmseg},
     "mmseg": {"segformer_": convert_segformer_mmseg, "segnext_": convert_segnext_mmseg,
-              "upernet_swin_": convert_upernet_swin_mmseg},
+              "fcn_hrnetv2_": convert_hrnet_mmseg, "upernet_swin_": convert_upernet_swin_mmseg},
 }
 SOURCES = tuple(CONVERTERS)
 

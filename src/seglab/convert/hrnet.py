@@ -52,42 +52,61 @@ def _stage(number: str) -> int:
     return int(number) - 2
 
 
-def _block_rules(source: str, prefix: Callable[[re.Match[str]], str], groups: int) -> list[RenameRule]:
+def _block_rules(
+    key_prefix: str, source: str, prefix: Callable[[re.Match[str]], str], groups: int
+) -> list[RenameRule]:
     """Residual block renames: `{source}.conv{n}` / `bn{n}` -> `{prefix}.conv{n}.conv` / `.norm`, and
-    `{source}.downsample.{0,1}` -> `{prefix}.downsample.{conv,norm}`; `source` has `groups` capture groups."""
+    `{source}.downsample.{0,1}` -> `{prefix}.downsample.{conv,norm}`; `source` has `groups` capture groups and
+    `key_prefix` (a regex) none."""
     return [
-        RenameRule(rf"{_PREFIX}{source}\.conv([123])\.weight",
+        RenameRule(rf"{key_prefix}{source}\.conv([123])\.weight",
                    lambda m: f"backbone.{prefix(m)}.conv{m[groups + 1]}.conv.weight"),
-        RenameRule(rf"{_PREFIX}{source}\.bn([123])\.{_TENSOR}",
+        RenameRule(rf"{key_prefix}{source}\.bn([123])\.{_TENSOR}",
                    lambda m: f"backbone.{prefix(m)}.conv{m[groups + 1]}.norm.{m[groups + 2]}"),
-        RenameRule(rf"{_PREFIX}{source}\.downsample\.([01])\.{_TENSOR}",
+        RenameRule(rf"{key_prefix}{source}\.downsample\.([01])\.{_TENSOR}",
                    lambda m: f"backbone.{prefix(m)}.downsample.{_CONV_BN[m[groups + 1]]}.{m[groups + 2]}"),
     ]
 
 
-BACKBONE_TABLE: list[RenameRule] = [
-    RenameRule(rf"{_PREFIX}conv([12])\.weight", r"backbone.stem.conv\1.conv.weight"),
-    RenameRule(rf"{_PREFIX}bn([12])\.{_TENSOR}", r"backbone.stem.conv\1.norm.\2"),
-    *_block_rules(r"layer1\.(\d+)", lambda m: f"layer1.{m[1]}", groups=1),
-    # a new branch: `transition{t}.{i}.{k}.{0,1}`; checked before the 3-level form, which it does not match anyway
-    RenameRule(rf"{_PREFIX}transition([1-3])\.(\d+)\.(\d+)\.([01])\.{_TENSOR}",
-               lambda m: f"backbone.transitions.{int(m[1]) - 1}.{m[2]}.{m[3]}.{_CONV_BN[m[4]]}.{m[5]}"),
-    RenameRule(rf"{_PREFIX}transition([1-3])\.(\d+)\.([01])\.{_TENSOR}",
-               lambda m: f"backbone.transitions.{int(m[1]) - 1}.{m[2]}.{_CONV_BN[m[3]]}.{m[4]}"),
-    *_block_rules(r"stage([2-4])\.(\d+)\.branches\.(\d+)\.(\d+)",
-                  lambda m: f"stages.{_stage(m[1])}.{m[2]}.branches.{m[3]}.{m[4]}", groups=4),
-    RenameRule(rf"{_PREFIX}stage([2-4])\.(\d+)\.fuse_layers\.(\d+)\.(\d+)\.(\d+)\.([01])\.{_TENSOR}",
-               lambda m: f"backbone.stages.{_stage(m[1])}.{m[2]}.fuse_layers.{m[3]}.{m[4]}.{m[5]}."
-                         f"{_CONV_BN[m[6]]}.{m[7]}"),
-    RenameRule(rf"{_PREFIX}stage([2-4])\.(\d+)\.fuse_layers\.(\d+)\.(\d+)\.([01])\.{_TENSOR}",
-               lambda m: f"backbone.stages.{_stage(m[1])}.{m[2]}.fuse_layers.{m[3]}.{m[4]}.{_CONV_BN[m[5]]}.{m[6]}"),
-]
+def _backbone_table(key_prefix: str) -> list[RenameRule]:
+    """The backbone renames for source keys starting with `key_prefix` (a regex without capture groups)."""
+    return [
+        RenameRule(rf"{key_prefix}conv([12])\.weight", r"backbone.stem.conv\1.conv.weight"),
+        RenameRule(rf"{key_prefix}bn([12])\.{_TENSOR}", r"backbone.stem.conv\1.norm.\2"),
+        *_block_rules(key_prefix, r"layer1\.(\d+)", lambda m: f"layer1.{m[1]}", groups=1),
+        # a new branch: `transition{t}.{i}.{k}.{0,1}`; checked before the 3-level form, which it does not match anyway
+        RenameRule(rf"{key_prefix}transition([1-3])\.(\d+)\.(\d+)\.([01])\.{_TENSOR}",
+                   lambda m: f"backbone.transitions.{int(m[1]) - 1}.{m[2]}.{m[3]}.{_CONV_BN[m[4]]}.{m[5]}"),
+        RenameRule(rf"{key_prefix}transition([1-3])\.(\d+)\.([01])\.{_TENSOR}",
+                   lambda m: f"backbone.transitions.{int(m[1]) - 1}.{m[2]}.{_CONV_BN[m[3]]}.{m[4]}"),
+        *_block_rules(key_prefix, r"stage([2-4])\.(\d+)\.branches\.(\d+)\.(\d+)",
+                      lambda m: f"stages.{_stage(m[1])}.{m[2]}.branches.{m[3]}.{m[4]}", groups=4),
+        RenameRule(rf"{key_prefix}stage([2-4])\.(\d+)\.fuse_layers\.(\d+)\.(\d+)\.(\d+)\.([01])\.{_TENSOR}",
+                   lambda m: f"backbone.stages.{_stage(m[1])}.{m[2]}.fuse_layers.{m[3]}.{m[4]}.{m[5]}."
+                             f"{_CONV_BN[m[6]]}.{m[7]}"),
+        RenameRule(rf"{key_prefix}stage([2-4])\.(\d+)\.fuse_layers\.(\d+)\.(\d+)\.([01])\.{_TENSOR}",
+                   lambda m: f"backbone.stages.{_stage(m[1])}.{m[2]}.fuse_layers.{m[3]}.{m[4]}."
+                             f"{_CONV_BN[m[5]]}.{m[6]}"),
+    ]
+
+
+BACKBONE_TABLE = _backbone_table(_PREFIX)
+MMSEG_BACKBONE_TABLE = _backbone_table(r"backbone\.")  # mmseg's HRNet keeps the official names under `backbone.`
 
 HEAD_TABLE: list[RenameRule] = [
     RenameRule(rf"{_PREFIX}last_layer\.0\.{_PARAM}", r"decode_head.fuse.conv.\1"),
     RenameRule(rf"{_PREFIX}last_layer\.1\.{_TENSOR}", r"decode_head.fuse.norm.\1"),
     RenameRule(rf"{_PREFIX}last_layer\.3\.{_PARAM}", r"decode_head.classifier.\1"),
 ]
+
+# mmseg's FCNHead of the fcn_hr* configs (`num_convs=1`, `kernel_size=1`, a ConvModule without bias, no dropout)
+MMSEG_HEAD_TABLE: list[RenameRule] = [
+    RenameRule(r"decode_head\.convs\.0\.conv\.weight", r"decode_head.fuse.conv.weight"),
+    RenameRule(rf"decode_head\.convs\.0\.bn\.{_TENSOR}", r"decode_head.fuse.norm.\1"),
+    RenameRule(rf"decode_head\.conv_seg\.{_PARAM}", r"decode_head.classifier.\1"),
+]
+# mmseg HRNet: nearest x2^k upsampling in the fuse layers, bilinear resizes with align_corners False, no head conv bias
+MMSEG_OVERRIDES: dict[str, Any] = {"align_corners": False, "fuse_upsample": "nearest", "head_conv_bias": False}
 
 OFFICIAL_DROPPED = [r"loss\.criterion\.weight"]  # class weights of the training loss, not part of the network
 TIMM_DROPPED = [r"(incre_modules|downsamp_modules|final_layer|classifier)\..*"]  # the ImageNet head
@@ -133,6 +152,35 @@ def convert_hrnet_official(
                          f"{tuple(weight.shape)} (FINAL_CONV_KERNEL other than 1 is not supported)")
     overrides = {**OFFICIAL_OVERRIDES, "align_corners": align_corners}
     return finalize(source, target, model_name, int(weight.shape[0]), overrides)
+
+
+def convert_hrnet_mmseg(
+    state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict"
+) -> ConversionResult:
+    """Converts an mmsegmentation FCN-HRNet checkpoint (`fcn_hr18s/hr18/hr48_*`, 0.x and 1.x: the same names).
+
+    Args:
+        state_dict: `backbone.*` (the official HRNet names) and `decode_head.{convs.0,conv_seg}.*`; a checkpoint with
+            more head convs or an auxiliary head is refused, naming the keys.
+        model_name: the seglab model the weights are for (`fcn_hr18s` -> `fcn_hrnetv2_w18s`, `fcn_hr18` ->
+            `fcn_hrnetv2_w18`, `fcn_hr48` -> `fcn_hrnetv2_w48`).
+        origin: the file name, for error messages.
+
+    Returns:
+        seglab keys, `num_classes` read from `conv_seg`, and mmseg's numerics as overrides (`MMSEG_OVERRIDES`). At
+        sizes whose branches do not halve exactly, mmseg upsamples by 2^k with nearest and then resizes bilinearly to
+        the branch size, where seglab interpolates nearest to the branch size directly; at the recipes' crops (512 x
+        1024, 512 x 512) and any size divisible by 32 the two are identical.
+    """
+    hrnet_variant(model_name)
+    source = SourceKeys(state_dict, origin)
+    target = TargetDict()
+    apply_rename_table(source, target, MMSEG_BACKBONE_TABLE + MMSEG_HEAD_TABLE)
+    source.check_consumed(f"{model_name} (mmseg FCN-HRNet layout)")
+    key = "decode_head.classifier.weight"
+    if key not in target.tensors:
+        raise ValueError(f"{origin}: no classifier `decode_head.conv_seg.weight`; is it an mmseg FCN-HRNet checkpoint?")
+    return finalize(source, target, model_name, int(target.tensors[key].shape[0]), dict(MMSEG_OVERRIDES))
 
 
 def convert_hrnet_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
