@@ -11,13 +11,13 @@ from torch import nn
 
 import seglab.models.hrnet  # noqa: F401  (registers the fcn_hrnetv2_* models)
 from seglab.backbones.hrnet import HRNET_CONFIGS, HRNet
+from seglab.convert import convert_checkpoint
 from seglab.convert.hrnet import (
     TIMM_BACKBONE_OPTIONS,
     convert_hrnet_official,
     convert_hrnet_timm,
     convert_hrnet_timm_backbone,
 )
-from seglab.convert import convert_checkpoint
 from seglab.registry import create_model
 
 timm = pytest.importorskip("timm")

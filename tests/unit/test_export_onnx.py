@@ -20,6 +20,8 @@ ONNX_MODELS: list[tuple[str, dict]] = [
     ("segnext_t", {}),
     ("fcn_hrnetv2_w18s_v1", {}),
     ("upernet_swin_t", {}),  # exports in about a minute: the shifted-window index arithmetic is symbolic
+    ("fpn_cyclemlp_b1", {}),
+    ("upernet_asmlp_t", {}),
 ]
 EXPORT_SIZE = (64, 64)
 CHECK_SIZES = [(2, (64, 96)), (1, (77, 50))]

@@ -3,8 +3,10 @@
 SegFormer: one module per source layout (`official` NVlabs code, `mmseg`, `hf` transformers); SegNeXt: `segnext`
 (official Visual-Attention-Network code and mmseg 1.x, whose NMF rank it sets); HRNet: `hrnet` (official
 HRNet-Semantic-Segmentation checkpoints and mmseg's FCN-HRNet); UperNet-Swin: `upernet` (transformers, and the official
-Swin-Transformer-Semantic-Segmentation / mmseg layouts through `swin`). Each converter consumes every source
-key or lists it as dropped, and its result loads `strict=True` into
+Swin-Transformer-Semantic-Segmentation / mmseg layouts through `swin`); UperNet-AS-MLP: `upernet` (the
+AS-MLP-Semantic-Segmentation repository, and ImageNet AS-MLP checkpoints through `asmlp`); Semantic-FPN CycleMLP:
+`cyclemlp` (ImageNet CycleMLP checkpoints, backbone only: no official segmentation model exists). Each converter
+consumes every source key or lists it as dropped, and its result loads `strict=True` into
 `create_model(model_name, num_classes=result.num_classes, **result.overrides)`. A source without decode-head keys
 (an ImageNet-pretrained encoder such as `mit_b0.pth`, `mscan_t.pth` or `nvidia/mit-b0`) converts to `backbone.*`
 keys only (`result.backbone_only`), for a training recipe's `model.pretrained`.
@@ -19,12 +21,13 @@ from typing import Any
 import torch
 
 from seglab.convert.common import ConversionResult, read_source
+from seglab.convert.cyclemlp import convert_cyclemlp_official
 from seglab.convert.hf import convert_segformer_hf
 from seglab.convert.hrnet import convert_hrnet_mmseg, convert_hrnet_official
 from seglab.convert.mmseg import convert_segformer_mmseg
 from seglab.convert.official import convert_segformer_official
 from seglab.convert.segnext import convert_segnext_mmseg, convert_segnext_official
-from seglab.convert.upernet import convert_upernet_swin_hf, convert_upernet_swin_mmseg
+from seglab.convert.upernet import convert_upernet_asmlp, convert_upernet_swin_hf, convert_upernet_swin_mmseg
 
 Converter = Callable[[dict[str, torch.Tensor], str, str], ConversionResult]
 
@@ -32,7 +35,8 @@ Converter = Callable[[dict[str, torch.Tensor], str, str], ConversionResult]
 CONVERTERS: dict[str, dict[str, Converter]] = {
     "hf": {"segformer_": convert_segformer_hf, "upernet_swin_": convert_upernet_swin_hf},
     "official": {"segformer_": convert_segformer_official, "segnext_": convert_segnext_official,
-                 "fcn_hrnetv2_": convert_hrnet_official, "upernet_swin_": convert_upernet_swin_mmseg},
+                 "fcn_hrnetv2_": convert_hrnet_official, "upernet_swin_": convert_upernet_swin_mmseg,
+                 "upernet_asmlp_": convert_upernet_asmlp, "fpn_cyclemlp_": convert_cyclemlp_official},
     "mmseg": {"segformer_": convert_segformer_mmseg, "segnext_": convert_segnext_mmseg,
               "fcn_hrnetv2_": convert_hrnet_mmseg, "upernet_swin_": convert_upernet_swin_mmseg},
 }

@@ -23,6 +23,7 @@ from seglab.convert.common import (
     TargetDict,
     apply_rename_table,
     finalize,
+    has_decode_head,
     model_variant,
 )
 from seglab.convert.swin import convert_swin_hf, convert_swin_official
@@ -86,8 +87,8 @@ def _convert(
     state_dict: dict[str, torch.Tensor], model_name: str, origin: str, layout: str,
     backbone: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]], head_table: list[RenameRule],
 ) -> ConversionResult:
-    """Head renames plus a `seglab.convert.swin` backbone mapping applied to the `backbone.*` keys."""
-    upernet_variant(model_name, layout)
+    """Head renames plus a backbone mapping (`backbone.*` keys in and out) applied to the `backbone.*` keys; the model
+    name was checked by the caller."""
     source = SourceKeys(state_dict, origin)
     target = TargetDict()
     backbone_keys = [k for k in source.keys() if k.startswith("backbone.")]
@@ -109,6 +110,7 @@ def convert_upernet_swin_hf(
         model_name: `upernet_swin_t` .. `upernet_swin_l`.
         origin: the file name, for error messages.
     """
+    upernet_variant(model_name, "hf")
     return _convert(state_dict, model_name, origin, "hf", convert_swin_hf, HF_HEAD_TABLE)
 
 
@@ -123,4 +125,46 @@ def convert_upernet_swin_mmseg(
         model_name: `upernet_swin_t` .. `upernet_swin_l`.
         origin: the file name, for error messages.
     """
+    upernet_variant(model_name, "mmseg")
     return _convert(state_dict, model_name, origin, "mmseg", convert_swin_official, MMSEG_HEAD_TABLE)
+
+
+def convert_upernet_asmlp(
+    state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict"
+) -> ConversionResult:
+    """Converts a UperNet-AS-MLP checkpoint of svip-lab/AS-MLP-Semantic-Segmentation (mmseg 0.11, the Swin
+    segmentation code's UPerHead / FCNHead names), or an ImageNet AS-MLP checkpoint as backbone-only weights.
+
+    The shift size changes no shape, so the checkpoint cannot tell it: `upernet_asmlp_s` is built with the S
+    segmentation config's shift 3 by default (pass `shift_size=5` for a model trained otherwise).
+
+    Args:
+        state_dict: the segmentor's `state_dict` (`backbone.*`, `decode_head.*`, `auxiliary_head.*`), or an official
+            classification checkpoint (`patch_embed.*`, `layers.*`, `norm.*`, `head.*`; the classifier is dropped).
+        model_name: `upernet_asmlp_t`, `_s` or `_b`; its variant must match the checkpoint's.
+        origin: the file name, for error messages.
+    """
+    from seglab.convert.asmlp import asmlp_backbone_state, variant_from_state
+    from seglab.models.asmlp import UPERNET_ASMLP_VARIANTS
+
+    variant = model_variant(model_name, "upernet_asmlp_", UPERNET_ASMLP_VARIANTS, "UperNet-AS-MLP", "official")
+    found = variant_from_state(state_dict)
+    if found != variant:
+        raise ValueError(f"{origin}: is an AS-MLP-{found.upper()} checkpoint, but {model_name!r} has an "
+                         f"AS-MLP-{variant.upper()} backbone")
+
+    def backbone(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        converted, _ = asmlp_backbone_state(tensors, variant)
+        return {f"backbone.{k}": v for k, v in converted.items()}
+
+    if not has_decode_head(state_dict):  # an ImageNet checkpoint: backbone keys only
+        source = SourceKeys(state_dict, origin)
+        converted, dropped = asmlp_backbone_state(state_dict, variant)
+        source.consumed.update(state_dict)
+        target = TargetDict()
+        for key, value in converted.items():
+            target.put(f"backbone.{key}", value, "AS-MLP backbone")
+        result = finalize(source, target, model_name, None, {}, backbone_only=True)
+        result.dropped.extend(dropped)
+        return result
+    return _convert(state_dict, model_name, origin, "AS-MLP-Semantic-Segmentation", backbone, MMSEG_HEAD_TABLE)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from seglab.backbones.swin import SWIN_CONFIGS, SwinTransformer
 from seglab.heads.fcn import FCNHead
 from seglab.heads.uper import UPerHead
@@ -17,18 +19,16 @@ from seglab.registry import register_model
 
 
 @dataclass(frozen=True)
-class UperNetSwinOptions:
-    """Constructor options of `upernet_swin_*` (defaults follow the official Swin segmentation configs).
+class UperNetOptions:
+    """Head options shared by every UperNet model (defaults follow the Swin segmentation configs, which the AS-MLP
+    and CycleMLP UperNet models reuse).
 
     `aux_head=False` drops the auxiliary FCN head (inference-only models; the published parameter counts include it).
     """
 
     num_classes: int = 150
     in_channels: int = 3
-    window_size: int | None = None
     drop_path_rate: float = 0.3
-    drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
     head_channels: int = 512
     pool_scales: tuple[int, ...] = (1, 2, 3, 6)
     head_dropout: float = 0.1
@@ -37,10 +37,32 @@ class UperNetSwinOptions:
     align_corners: bool = False
 
 
+@dataclass(frozen=True)
+class UperNetSwinOptions(UperNetOptions):
+    """Constructor options of `upernet_swin_*`: the UperNet head options and Swin's (window 12 for the
+    384-pretrained encoders)."""
+
+    window_size: int | None = None
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+
+
 # variant -> published parameter count in millions (ADE20K, 150 classes, with the auxiliary head; Swin-L: the
 # paper's 22k 640x640 model)
 UPERNET_SWIN_VARIANTS: dict[str, float] = {"t": 60.0, "s": 81.0, "b": 121.0, "l": 234.0}
 AUX_IN_INDEX = 2  # the auxiliary FCN head reads stage 3 (stride 16)
+
+
+def upernet(backbone: nn.Module, options: UperNetOptions) -> EncoderDecoder:
+    """UPerHead (and the auxiliary FCN head on stage 3) on a four-stage backbone with `feature_info`."""
+    channels = [info.channels for info in backbone.feature_info]
+    head = UPerHead(channels, options.head_channels, options.num_classes, tuple(options.pool_scales),
+                    options.head_dropout, options.align_corners)
+    aux = []
+    if options.aux_head:
+        aux.append(FCNHead(channels[AUX_IN_INDEX], options.aux_channels, options.num_classes, in_index=AUX_IN_INDEX,
+                           num_convs=1, concat_input=False, dropout=options.head_dropout))
+    return EncoderDecoder(backbone, head, num_classes=options.num_classes, output_stride=4, aux_heads=aux)
 
 
 def build_upernet_swin(variant: str, options: UperNetSwinOptions) -> EncoderDecoder:
@@ -53,14 +75,7 @@ def build_upernet_swin(variant: str, options: UperNetSwinOptions) -> EncoderDeco
         attn_drop_rate=options.attn_drop_rate,
         window_size=options.window_size,
     )
-    channels = [info.channels for info in backbone.feature_info]
-    head = UPerHead(channels, options.head_channels, options.num_classes, tuple(options.pool_scales),
-                    options.head_dropout, options.align_corners)
-    aux = []
-    if options.aux_head:
-        aux.append(FCNHead(channels[AUX_IN_INDEX], options.aux_channels, options.num_classes, in_index=AUX_IN_INDEX,
-                           num_convs=1, concat_input=False, dropout=options.head_dropout))
-    return EncoderDecoder(backbone, head, num_classes=options.num_classes, output_stride=4, aux_heads=aux)
+    return upernet(backbone, options)
 
 
 for _variant, _params in UPERNET_SWIN_VARIANTS.items():
