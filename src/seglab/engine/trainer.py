@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -222,7 +223,8 @@ class _TrainForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, images: torch.Tensor) -> Any:
+        """(logits, aux logits), or the raw outputs of a model with its own `training_loss`."""
         return self.model.forward_train(images)
 
 
@@ -667,6 +669,8 @@ class Trainer:
         cfg = self.config
         accumulate = cfg.optim.accumulate
         align_corners = bool(getattr(getattr(self.model, "decode_head", None), "align_corners", False))
+        # a model predicting (class, mask) pairs brings its own loss: `training_loss(outputs, labels, ignore_index)`
+        own_loss = getattr(self.model, "training_loss", None)
         # a step that may be skipped must not leave its forward's traces either (BN statistics, maybe NaN)
         buffers = [b.clone() for b in self.model.buffers()] if cfg.train.max_bad_losses > 0 else None
         self.optimizer.zero_grad(set_to_none=True)
@@ -688,10 +692,14 @@ class Trainer:
             last = micro == accumulate - 1
             with nullcontext() if self._ddp is None or last else self._ddp.no_sync():
                 with self._autocast():
-                    logits, aux_logits = self.train_module(images)
-                loss, parts = segmentation_loss(logits.float(), [a.float() for a in aux_logits], masks,
-                                                self.class_weights, cfg.loss.aux_weights, cfg.data.ignore_index,
-                                                align_corners)
+                    outputs = self.train_module(images)
+                if own_loss is not None:  # mask classification (SegViT, MaskFormer): the model's set loss
+                    loss, parts = own_loss(outputs, masks, cfg.data.ignore_index)
+                else:
+                    logits, aux_logits = outputs
+                    loss, parts = segmentation_loss(logits.float(), [a.float() for a in aux_logits], masks,
+                                                    self.class_weights, cfg.loss.aux_weights, cfg.data.ignore_index,
+                                                    align_corners)
                 if self._part_names is None:
                     self._part_names = list(parts)
                 # every rank gets the same values (NaN anywhere makes the sum NaN), so all take the same decision
