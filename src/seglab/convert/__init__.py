@@ -5,7 +5,10 @@ SegFormer: one module per source layout (`official` NVlabs code, `mmseg`, `hf` t
 HRNet-Semantic-Segmentation checkpoints and mmseg's FCN-HRNet); UperNet-Swin: `upernet` (transformers, and the official
 Swin-Transformer-Semantic-Segmentation / mmseg layouts through `swin`); UperNet-AS-MLP: `upernet` (the
 AS-MLP-Semantic-Segmentation repository, and ImageNet AS-MLP checkpoints through `asmlp`); Semantic-FPN CycleMLP:
-`cyclemlp` (ImageNet CycleMLP checkpoints, backbone only: no official segmentation model exists). Each converter
+`cyclemlp` (ImageNet CycleMLP checkpoints, backbone only: no official segmentation model exists); plain ViT:
+`setr` (official SETR and mmseg), `segvit` (official SegViT), `segmenter` (official Segmenter and mmseg), with the ViT
+encoder layouts (timm, mmseg, JAX `.npz`) in `vit`; MaskFormer: `maskformer` (transformers and the official
+detectron2 layout). Each converter
 consumes every source key or lists it as dropped, and its result loads `strict=True` into
 `create_model(model_name, num_classes=result.num_classes, **result.overrides)`. A source without decode-head keys
 (an ImageNet-pretrained encoder such as `mit_b0.pth`, `mscan_t.pth` or `nvidia/mit-b0`) converts to `backbone.*`
@@ -24,21 +27,29 @@ from seglab.convert.common import ConversionResult, read_source
 from seglab.convert.cyclemlp import convert_cyclemlp_official
 from seglab.convert.hf import convert_segformer_hf
 from seglab.convert.hrnet import convert_hrnet_mmseg, convert_hrnet_official
+from seglab.convert.maskformer import convert_maskformer_hf, convert_maskformer_official
 from seglab.convert.mmseg import convert_segformer_mmseg
 from seglab.convert.official import convert_segformer_official
+from seglab.convert.segmenter import convert_segmenter_mmseg, convert_segmenter_official
 from seglab.convert.segnext import convert_segnext_mmseg, convert_segnext_official
+from seglab.convert.segvit import convert_segvit_official
+from seglab.convert.setr import convert_setr_mmseg, convert_setr_official
 from seglab.convert.upernet import convert_upernet_asmlp, convert_upernet_swin_hf, convert_upernet_swin_mmseg
 
 Converter = Callable[[dict[str, torch.Tensor], str, str], ConversionResult]
 
 # source -> model-name prefix -> converter
 CONVERTERS: dict[str, dict[str, Converter]] = {
-    "hf": {"segformer_": convert_segformer_hf, "upernet_swin_": convert_upernet_swin_hf},
+    "hf": {"segformer_": convert_segformer_hf, "upernet_swin_": convert_upernet_swin_hf,
+           "maskformer_": convert_maskformer_hf},
     "official": {"segformer_": convert_segformer_official, "segnext_": convert_segnext_official,
                  "fcn_hrnetv2_": convert_hrnet_official, "upernet_swin_": convert_upernet_swin_mmseg,
-                 "upernet_asmlp_": convert_upernet_asmlp, "fpn_cyclemlp_": convert_cyclemlp_official},
+                 "upernet_asmlp_": convert_upernet_asmlp, "fpn_cyclemlp_": convert_cyclemlp_official,
+                 "setr_": convert_setr_official, "segvit_": convert_segvit_official,
+                 "segmenter_vit_": convert_segmenter_official, "maskformer_": convert_maskformer_official},
     "mmseg": {"segformer_": convert_segformer_mmseg, "segnext_": convert_segnext_mmseg,
-              "fcn_hrnetv2_": convert_hrnet_mmseg, "upernet_swin_": convert_upernet_swin_mmseg},
+              "fcn_hrnetv2_": convert_hrnet_mmseg, "upernet_swin_": convert_upernet_swin_mmseg,
+              "setr_": convert_setr_mmseg, "segmenter_vit_": convert_segmenter_mmseg},
 }
 SOURCES = tuple(CONVERTERS)
 

@@ -1,6 +1,17 @@
 """Composed, registered segmentation models. Importing this package registers every family."""
 
-from seglab.models import asmlp, cyclemlp, hrnet, segformer, segnext, upernet  # noqa: F401
+from seglab.models import (  # noqa: F401
+    asmlp,
+    cyclemlp,
+    hrnet,
+    maskformer,
+    segformer,
+    segmenter,
+    segnext,
+    segvit,
+    setr,
+    upernet,
+)
 from seglab.models.encoder_decoder import EncoderDecoder
 
 __all__ = ["EncoderDecoder"]

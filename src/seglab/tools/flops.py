@@ -73,11 +73,18 @@ def count_flops(
     x = torch.zeros(batch, in_channels, height, width, device=_device_of(model))
     counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS)
     was_training = model.training
+    # a parameter view made under no_grad still requires grad but has no grad_fn, which FlopCounterMode's module
+    # tracker cannot hook (MaskFormer's expanded query embedding): count with gradients off on the parameters
+    grad_params = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     try:
+        for p in grad_params:
+            p.requires_grad_(False)
         with counter, torch.no_grad():
             model(x)
     finally:
+        for p in grad_params:
+            p.requires_grad_(True)
         model.train(was_training)
     return counter.get_total_flops() // 2
 

@@ -1,0 +1,149 @@
+"""MaskFormer (arXiv:2107.06278) on ResNet-50/101 and Swin-T/S/B/L backbones, the ADE20K semantic models of the paper.
+
+Defaults follow `configs/ade20k-150/maskformer_R50_bs16_160k.yaml` of facebookresearch/MaskFormer: 100 queries, width
+256, 8 heads, FFN 2048, 6 decoder layers (no encoder layer), dropout 0.1, deep supervision, pixel decoder 256/256 with
+GroupNorm; loss weights class 1, mask (focal) 20, dice 1, no-object 0.1; probabilistic semantic inference.
+
+Backbones. ResNet: torchvision's ResNet-50/101 (stride on the 3x3 conv, as detectron2's `STRIDE_IN_1X1: False` that the
+MaskFormer configs set; BN layers are ordinary trainable BatchNorm, where detectron2's default `RESNETS.NORM` is
+FrozenBN). Swin: seglab's `SwinTransformer` with its per-stage output norms (drop path 0.3 as in the MaskFormer Swin
+configs; window 7 for Swin-T/S and 12 for Swin-B/L, whose paper models start from 384-pretrained encoders; the
+`window_size` option overrides it).
+
+`forward(images)` returns the semantic scores (B, K, H/4, W/4) (probabilities summed over queries, not logits: their
+argmax is the prediction); `forward_train(images)` the raw class and mask logits of every decoder layer; the trainer
+calls `training_loss` on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from seglab.backbones.resnet import ResNet
+from seglab.backbones.swin import SWIN_CONFIGS, SwinTransformer
+from seglab.heads.maskformer import MaskFormerHead
+from seglab.losses.maskformer import MaskFormerLoss
+from seglab.registry import register_model
+
+
+@dataclass(frozen=True)
+class MaskFormerOptions:
+    """Constructor options shared by every MaskFormer model.
+
+    `deep_supervision=False` trains on the final output only (`forward_train` then runs the decoder's last output).
+    """
+
+    num_classes: int = 150
+    in_channels: int = 3
+    conv_dim: int = 256
+    mask_dim: int = 256
+    hidden_dim: int = 256
+    num_queries: int = 100
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    dec_layers: int = 6
+    dropout: float = 0.1
+    deep_supervision: bool = True
+    class_weight: float = 1.0
+    mask_weight: float = 20.0
+    dice_weight: float = 1.0
+    no_object_weight: float = 0.1
+
+
+@dataclass(frozen=True)
+class MaskFormerSwinOptions(MaskFormerOptions):
+    """Options of `maskformer_swin_*`: the MaskFormer options and Swin's."""
+
+    drop_path_rate: float = 0.3
+    window_size: int | None = None
+
+
+class MaskFormer(nn.Module):
+    """A backbone and a `MaskFormerHead`, with MaskFormer's set loss.
+
+    Args:
+        backbone: returns four NCHW maps (strides 4 to 32) and has `feature_info`.
+        decode_head: the MaskFormer head.
+        num_classes: classes predicted.
+        loss: the set loss used by `training_loss`.
+        deep_supervision: whether `forward_train` returns every decoder layer's output.
+    """
+
+    def __init__(self, backbone: nn.Module, decode_head: MaskFormerHead, num_classes: int, loss: MaskFormerLoss,
+                 deep_supervision: bool = True) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decode_head = decode_head
+        self.aux_heads = nn.ModuleList()
+        self.num_classes = num_classes
+        self.output_stride = 4
+        self.loss = loss
+        self.deep_supervision = deep_supervision
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> semantic scores (B, K, H/4, W/4)."""
+        return self.decode_head(self.backbone(images))
+
+    def forward_train(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> class logits (L, B, Q, K + 1) and mask logits (L, B, Q, H/4, W/4), the last entry being
+        the final output (L = decoder layers with deep supervision, else 1)."""
+        return self.decode_head.forward_raw(self.backbone(images), all_layers=self.deep_supervision)
+
+    def training_loss(self, outputs: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
+                      ignore_index: int = 255) -> tuple[torch.Tensor, dict[str, float]]:
+        """MaskFormer's set loss of `forward_train`'s outputs against a (B, H, W) label map."""
+        class_logits, mask_logits = outputs
+        return self.loss(class_logits, mask_logits, labels, ignore_index)
+
+
+def maskformer(backbone: nn.Module, options: MaskFormerOptions) -> MaskFormer:
+    """A MaskFormer head and loss on a four-stage backbone with `feature_info`."""
+    channels = [info.channels for info in backbone.feature_info]
+    head = MaskFormerHead(channels, options.num_classes, conv_dim=options.conv_dim, mask_dim=options.mask_dim,
+                          hidden_dim=options.hidden_dim, num_queries=options.num_queries, num_heads=options.num_heads,
+                          ffn_dim=options.ffn_dim, dec_layers=options.dec_layers, dropout=options.dropout)
+    loss = MaskFormerLoss(options.num_classes, class_weight=options.class_weight, mask_weight=options.mask_weight,
+                          dice_weight=options.dice_weight, no_object_weight=options.no_object_weight)
+    return MaskFormer(backbone, head, options.num_classes, loss, options.deep_supervision)
+
+
+def build_maskformer_resnet(depth: int, options: MaskFormerOptions) -> MaskFormer:
+    """MaskFormer-R`depth`."""
+    return maskformer(ResNet(depth, in_channels=options.in_channels), options)
+
+
+def build_maskformer_swin(variant: str, options: MaskFormerSwinOptions) -> MaskFormer:
+    """MaskFormer-Swin-`variant`."""
+    window = MASKFORMER_SWIN_WINDOWS[variant] if options.window_size is None else options.window_size
+    backbone = SwinTransformer(SWIN_CONFIGS[variant], in_channels=options.in_channels,
+                               drop_path_rate=options.drop_path_rate, window_size=window)
+    return maskformer(backbone, options)
+
+
+# published parameter counts in millions (paper, ADE20K, 150 classes)
+MASKFORMER_RESNET_VARIANTS: dict[int, float] = {50: 41.0, 101: 60.0}
+MASKFORMER_SWIN_VARIANTS: dict[str, float] = {"t": 42.0, "s": 63.0, "b": 102.0, "l": 212.0}
+# default attention window: the paper's Swin-B/L models start from the 384-pretrained (window 12) encoders
+MASKFORMER_SWIN_WINDOWS: dict[str, int] = {"t": 7, "s": 7, "b": 12, "l": 12}
+
+for _depth, _params in MASKFORMER_RESNET_VARIANTS.items():
+    register_model(
+        f"maskformer_r{_depth}",
+        build=lambda options, d=_depth: build_maskformer_resnet(d, options),
+        options=MaskFormerOptions,
+        published_params_m=_params,
+        description=f"MaskFormer + ResNet-{_depth} (torchvision), 100 queries, 6 decoder layers",
+    )
+
+for _variant, _params in MASKFORMER_SWIN_VARIANTS.items():
+    register_model(
+        f"maskformer_swin_{_variant}",
+        build=lambda options, v=_variant: build_maskformer_swin(v, options),
+        options=MaskFormerSwinOptions,
+        published_params_m=_params,
+        description=f"MaskFormer + Swin-{_variant.upper()} (window {MASKFORMER_SWIN_WINDOWS[_variant]}), 100 queries, "
+                    f"6 decoder layers",
+    )
