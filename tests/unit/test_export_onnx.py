@@ -22,6 +22,16 @@ ONNX_MODELS: list[tuple[str, dict]] = [
     ("upernet_swin_t", {}),  # exports in about a minute: the shifted-window index arithmetic is symbolic
     ("fpn_cyclemlp_b1", {}),
     ("upernet_asmlp_t", {}),
+    # plain ViT: ViT-T encoders trained for 32 px (a 2 x 2 grid), so the position embedding is resampled at every
+    # checked size; the heads are the published ones
+    ("setr_naive_vit_l", {"vit": "t", "layers": (2, 5, 8, 11), "img_size": 32}),
+    ("setr_pup_vit_l", {"vit": "t", "layers": (2, 5, 8, 11), "img_size": 32}),
+    ("setr_mla_vit_l", {"vit": "t", "layers": (2, 5, 8, 11), "img_size": 32}),
+    ("segvit_vit_b", {"vit": "t", "out_indices": (5, 7, 11), "img_size": 32}),
+    ("segvit_shrunk_vit_l", {"vit": "t", "out_indices": (3, 11), "shrink_index": 4, "img_size": 32}),
+    ("segmenter_vit_t", {"img_size": 32}),
+    ("segmenter_vit_s_linear", {"img_size": 32}),
+    ("maskformer_r50", {}),  # the semantic path: softmax(class)[..., :-1] x sigmoid(mask), summed over queries
 ]
 EXPORT_SIZE = (64, 64)
 CHECK_SIZES = [(2, (64, 96)), (1, (77, 50))]

@@ -199,8 +199,14 @@ def _official_r50_manifest(num_classes: int = 150) -> dict[str, tuple[int, ...]]
             conv_norm(f"backbone.res{stage}.{b}.conv2", width, width, 3)
             conv_norm(f"backbone.res{stage}.{b}.conv3", 4 * width, width, 1)
         inp = 4 * width
+    return shapes | _official_head_manifest((256, 512, 1024, 2048), num_classes)
+
+
+def _official_head_manifest(backbone_channels: tuple[int, ...], num_classes: int) -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of the detectron2 MaskFormer head (`sem_seg_head.*`) over a backbone with these channels."""
+    shapes: dict[str, tuple[int, ...]] = {}
     px = "sem_seg_head.pixel_decoder"
-    for k, channels in enumerate((256, 512, 1024, 2048), start=1):
+    for k, channels in enumerate(backbone_channels, start=1):
         if k < 4:
             shapes[f"{px}.adapter_{k}.weight"] = (256, channels, 1, 1)
             shapes[f"{px}.adapter_{k}.norm.weight"] = shapes[f"{px}.adapter_{k}.norm.bias"] = (256,)
@@ -209,7 +215,7 @@ def _official_r50_manifest(num_classes: int = 150) -> dict[str, tuple[int, ...]]
     shapes[f"{px}.mask_features.weight"], shapes[f"{px}.mask_features.bias"] = (256, 256, 3, 3), (256,)
     pr = "sem_seg_head.predictor"
     shapes[f"{pr}.query_embed.weight"] = (100, 256)
-    shapes[f"{pr}.input_proj.weight"], shapes[f"{pr}.input_proj.bias"] = (256, 2048, 1, 1), (256,)
+    shapes[f"{pr}.input_proj.weight"], shapes[f"{pr}.input_proj.bias"] = (256, backbone_channels[-1], 1, 1), (256,)
     for i in range(6):
         layer = f"{pr}.transformer.decoder.layers.{i}"
         for attn in ("self_attn", "multihead_attn"):
@@ -248,6 +254,26 @@ def test_official_r50_checkpoint_converts_and_loads():
     source["backbone.res9.0.conv1.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match="res9"):
         convert_maskformer_official(source, "maskformer_r50")
+
+
+def test_official_swin_t_checkpoint_converts_and_loads():
+    from test_swin import _random_state, _swin_t_official_manifest  # tests/unit is on sys.path (rootdir-less tests)
+
+    backbone = {k: v for k, v in _swin_t_official_manifest().items() if k.startswith("backbone.")}
+    source = _random_state(backbone | _official_head_manifest((96, 192, 384, 768), num_classes=150))
+    result = convert_maskformer_official(source, "maskformer_swin_t")
+    assert result.num_classes == 150 and result.overrides == {}
+    state = result.state_dict
+    assert torch.equal(state["backbone.out_norms.3.weight"], source["backbone.norm3.weight"])
+    assert torch.equal(state["backbone.stages.2.blocks.5.attn.qkv.weight"],
+                       source["backbone.layers.2.blocks.5.attn.qkv.weight"])
+    assert torch.equal(state["decode_head.pixel_decoder.lateral_convs.0.conv.weight"],
+                       source["sem_seg_head.pixel_decoder.adapter_1.weight"])
+    with torch.device("meta"):
+        model = seglab.create_model("maskformer_swin_t", num_classes=result.num_classes)
+    model.load_state_dict(state, strict=True, assign=True)
+    with pytest.raises(ValueError, match="maskformer_swin_s|shape"):  # a Swin-T checkpoint is not a Swin-S model
+        convert_maskformer_official(source, "maskformer_swin_s")
 
 
 class _ConvBackbone(torch.nn.Module):

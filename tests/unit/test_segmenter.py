@@ -166,7 +166,7 @@ def test_configs():
     from seglab.registry import resolve_options
 
     root = Path(__file__).resolve().parents[2] / "configs" / "segmenter"
-    files = sorted(p for p in root.glob("*.yaml") if not p.name.startswith("_"))
+    files = sorted(p for p in root.glob("*_ade20k-*.yaml") if not p.name.startswith("_"))  # the ADE20K recipes
     assert [p.name for p in files] == [
         "segmenter_vit_b_mask_ade20k-512_160k.yaml", "segmenter_vit_l_mask_ade20k-640_160k.yaml",
         "segmenter_vit_s_linear_ade20k-512_160k.yaml", "segmenter_vit_s_mask_ade20k-512_160k.yaml",

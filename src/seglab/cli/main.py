@@ -233,7 +233,7 @@ def cmd_convert(args) -> int:
     from seglab.convert import convert_checkpoint
     from seglab.engine.checkpoint import save_weights
 
-    result = convert_checkpoint(args.src, args.source, args.model)
+    result = convert_checkpoint(args.src, args.source, args.model, img_size=args.img_size)
     extra = {"converted_from": args.source}
     if result.backbone_only:
         extra["backbone_only"] = "true"
@@ -358,7 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a foreign checkpoint to a seglab safetensors file")
     p.add_argument("--source", required=True, choices=("hf", "official", "mmseg"))
     p.add_argument("--model", required=True)
-    p.add_argument("src")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="ViT models (setr_*, segmenter_vit_*, segvit_*): resample an ImageNet ViT's position embedding "
+                        "for this crop (e.g. 768, 480; default the model's) and record it as the img_size override")
+    p.add_argument("src", help="checkpoint: .safetensors, .pth/.pt/.bin/.ckpt (weights_only), or a JAX ViT .npz")
     p.add_argument("dst")
     p.set_defaults(func=cmd_convert)
 

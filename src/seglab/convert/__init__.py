@@ -13,6 +13,14 @@ consumes every source key or lists it as dropped, and its result loads `strict=T
 `create_model(model_name, num_classes=result.num_classes, **result.overrides)`. A source without decode-head keys
 (an ImageNet-pretrained encoder such as `mit_b0.pth`, `mscan_t.pth` or `nvidia/mit-b0`) converts to `backbone.*`
 keys only (`result.backbone_only`), for a training recipe's `model.pretrained`.
+
+ImageNet backbones of the ViT and MaskFormer families: `official` takes a timm ViT (`jx_vit_large_p16_384`,
+`vit_base_patch16_384`, ...) for `setr_*`, `segmenter_vit_*` and `segvit_*` (SegViT also takes mmseg's ViT, the file
+its configs load), `mmseg` an mmseg ViT for `setr_*` and `segmenter_vit_*`, and both a JAX / AugReg ViT `.npz`
+(read with `numpy.load(allow_pickle=False)`, recognised by its `embedding/kernel` array). The position embedding is
+resampled to the model's grid; `img_size` chooses that grid (768 for the Cityscapes recipes, 480 for Pascal
+Context) and becomes the result's `img_size` override. For `maskformer_*`, `official` also takes a torchvision
+ResNet-50/101 state dict or an official Swin ImageNet checkpoint (recognised by having no `sem_seg_head.*` key).
 """
 
 from __future__ import annotations
@@ -52,17 +60,25 @@ CONVERTERS: dict[str, dict[str, Converter]] = {
               "setr_": convert_setr_mmseg, "segmenter_vit_": convert_segmenter_mmseg},
 }
 SOURCES = tuple(CONVERTERS)
+# model families whose converters take `img_size` (plain-ViT models with a learned position embedding)
+IMG_SIZE_FAMILIES = ("setr_", "segmenter_vit_", "segvit_")
 
 
-def convert_checkpoint(src: str | Path | Mapping[str, Any], source: str, model_name: str) -> ConversionResult:
+def convert_checkpoint(
+    src: str | Path | Mapping[str, Any], source: str, model_name: str, img_size: int | None = None
+) -> ConversionResult:
     """Converts a foreign checkpoint to seglab's format.
 
     Args:
-        src: a `.safetensors` / `.pth` / `.pt` / `.bin` file (torch files are read with `weights_only=True`), or an
-            already loaded state dict; `state_dict` / `model` wrappers are unwrapped.
+        src: a `.safetensors` / `.pth` / `.pt` / `.bin` file (torch files are read with `weights_only=True`), a JAX
+            ViT `.npz` (read with `numpy.load(allow_pickle=False)`), or an already loaded state dict; `state_dict` /
+            `model` wrappers are unwrapped.
         source: the layout of `src`: `hf`, `official` or `mmseg`.
         model_name: the seglab model the weights are for (e.g. `segformer_b2`, `segnext_t`); its variant must match the
             checkpoint's shapes.
+        img_size: ViT families only (`setr_*`, `segmenter_vit_*`, `segvit_*`): the crop an ImageNet ViT's position
+            embedding is resampled for (default the model's), returned as the `img_size` override. A whole-model
+            checkpoint keeps its own grid and refuses another; other families refuse the option.
 
     Returns:
         The converted state dict with the `overrides` and `num_classes` to build the model with, and the source keys
@@ -76,8 +92,15 @@ def convert_checkpoint(src: str | Path | Mapping[str, Any], source: str, model_n
     if converter is None:
         raise ValueError(f"no {source!r} converter for model {model_name!r}; supported model families: "
                          f"{', '.join(p + '*' for p in families)}")
+    if img_size is not None:
+        if not model_name.startswith(IMG_SIZE_FAMILIES):
+            raise ValueError(f"img_size applies to the ViT families ({', '.join(p + '*' for p in IMG_SIZE_FAMILIES)}),"
+                             f" whose position embedding is resampled to it; not to {model_name!r}")
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size <= 0:
+            raise ValueError(f"img_size must be a positive int (pixels), got {img_size!r}")
     state_dict, origin = read_source(src)
-    return converter(state_dict, model_name, origin)
+    size_option = {} if img_size is None else {"img_size": img_size}
+    return converter(state_dict, model_name, origin, **size_option)
 
 
-__all__ = ["CONVERTERS", "SOURCES", "ConversionResult", "convert_checkpoint"]
+__all__ = ["CONVERTERS", "IMG_SIZE_FAMILIES", "SOURCES", "ConversionResult", "convert_checkpoint"]

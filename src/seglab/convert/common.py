@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -194,10 +195,39 @@ def unwrap_state_dict(obj: Any, origin: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_npz(path: Path) -> dict[str, torch.Tensor]:
+    """The arrays of a `.npz` file (a JAX / AugReg ViT checkpoint: flat names such as `embedding/kernel`) as tensors
+    under the same names, read with `numpy.load(allow_pickle=False)`.
+
+    Raises:
+        ValueError: naming the file when it is not an `.npz` archive of numeric arrays.
+    """
+    expected = "expected an .npz archive of numeric arrays, such as a JAX / AugReg ViT checkpoint"
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array (.npy), not named arrays")
+        with archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except ValueError as exc:  # pickled or object arrays, a single .npy array
+        raise ValueError(f"cannot read {path} with numpy.load(allow_pickle=False): {exc}; {expected}") from exc
+    except (OSError, EOFError) as exc:  # not a zip archive, truncated
+        raise ValueError(f"cannot read {path}: {exc}; {expected}") from exc
+    if not arrays:
+        raise ValueError(f"{path} holds no arrays; {expected}")
+    tensors = {}
+    for name, array in arrays.items():
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"{path}: array {name!r} has dtype {array.dtype}; {expected}")
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(array))
+    return tensors
+
+
 def read_source(src: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
     """Loads `src` (a path or an already loaded checkpoint) into a flat state dict; also returns its name.
 
-    Files are read with safetensors or `torch.load(weights_only=True)`; no pickled code ever runs.
+    Files are read with safetensors, `torch.load(weights_only=True)` or, for `.npz` (JAX) files,
+    `numpy.load(allow_pickle=False)` (`read_npz`: tensors under the array names); no pickled code ever runs.
     """
     if isinstance(src, Mapping):
         return unwrap_state_dict(src, "state dict"), "state dict"
@@ -208,8 +238,10 @@ def read_source(src: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Te
         from safetensors.torch import load_file
 
         return unwrap_state_dict(load_file(str(path)), str(path)), str(path)
+    if path.suffix == ".npz":
+        return read_npz(path), str(path)
     if path.suffix not in TORCH_SUFFIXES:
-        raise ValueError(f"{path}: unknown checkpoint suffix {path.suffix!r}; expected .safetensors or one of "
+        raise ValueError(f"{path}: unknown checkpoint suffix {path.suffix!r}; expected .safetensors, .npz or one of "
                          f"{', '.join(TORCH_SUFFIXES)}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

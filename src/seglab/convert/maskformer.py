@@ -23,6 +23,18 @@ Layouts:
   `norm{1,2,3}`, `transformer.decoder.norm`; `criterion.empty_weight` dropped. Backbones: detectron2's ResNet
   (`backbone.stem.conv1{,.norm}`, `backbone.res{2..5}.{l}.{conv{1,2,3},shortcut}{,.norm}`, FrozenBN without a batch
   counter) or the official Swin (`backbone.layers.*`, `backbone.norm{i}`, via `seglab.convert.swin`).
+
+ImageNet backbones (source `official`, recognised by having no `sem_seg_head.*` key) convert to backbone-only weights
+for a recipe's `model.pretrained`:
+- torchvision ResNet-50/101 state dicts (`conv1`, `bn1`, `layer{1..4}.{l}.{conv,bn}{1,2,3}`, `.downsample.{0,1}`;
+  the `IMAGENET1K_V1` weights that detectron2's `R-50.pkl` repackages): seglab's ResNet keeps torchvision's names, so
+  they gain the `backbone.` prefix; the classifier `fc.*` is dropped. detectron2's pickled `.pkl` files are not read.
+- official Swin ImageNet checkpoints (`swin_tiny_patch4_window7_224.pth` ..., the `model` dict: `patch_embed.*`,
+  `layers.{i}.blocks.{j}.*`, `layers.{i}.downsample.*`, `norm.*`, `head.*`), through
+  `seglab.convert.swin.convert_swin_official` as for UperNet-Swin (classifier `norm` / `head` and the window buffers
+  dropped). The per-stage output norms are not in an ImageNet checkpoint: they get LayerNorm's initialisation
+  (weight 1, bias 0), as MaskFormer's `D2SwinTransformer` builds them. A window other than the model's default
+  becomes a `window_size` override (set it in the recipe too).
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from seglab.convert.common import (
     SourceKeys,
     TargetDict,
     apply_rename_table,
+    expected_state,
     finalize,
     model_variant,
     split_rows,
@@ -135,7 +148,7 @@ def _num_laterals(keys: list[str], pattern: str) -> int:
 
 def _finish(source: SourceKeys, target: TargetDict, model_name: str, layout: str) -> ConversionResult:
     """Reads classes, queries, decoder depth and the Swin window from the converted tensors, then checks the result."""
-    from seglab.models.maskformer import MASKFORMER_SWIN_WINDOWS, MaskFormerOptions
+    from seglab.models.maskformer import MaskFormerOptions
 
     source.check_consumed(f"{model_name} ({layout} layout)")
     key = f"{_PR}.class_embed.weight"
@@ -150,13 +163,19 @@ def _finish(source: SourceKeys, target: TargetDict, model_name: str, layout: str
     layers = len({k.split(".")[4] for k in target.tensors if k.startswith(f"{_DEC}.")})
     if layers != defaults.dec_layers:
         overrides["dec_layers"] = layers
-    backbone = maskformer_backbone(model_name, layout)
-    table = next((v for k, v in target.tensors.items() if k.endswith("relative_position_bias_table")), None)
-    if table is not None:
-        window = (int(round(table.shape[0] ** 0.5)) + 1) // 2  # ((2w - 1)^2, heads)
-        if window != MASKFORMER_SWIN_WINDOWS[backbone.removeprefix("swin_")]:
-            overrides["window_size"] = window
+    overrides |= _window_override(target, maskformer_backbone(model_name, layout))
     return finalize(source, target, model_name, num_classes, overrides)
+
+
+def _window_override(target: TargetDict, backbone: str) -> dict[str, int]:
+    """`{"window_size": w}` when the Swin relative-position tables are for another window than the model's default."""
+    from seglab.models.maskformer import MASKFORMER_SWIN_WINDOWS
+
+    table = next((v for k, v in target.tensors.items() if k.endswith("relative_position_bias_table")), None)
+    if table is None:
+        return {}
+    window = (int(round(table.shape[0] ** 0.5)) + 1) // 2  # ((2w - 1)^2, heads)
+    return {} if window == MASKFORMER_SWIN_WINDOWS[backbone.removeprefix("swin_")] else {"window_size": window}
 
 
 def convert_maskformer_hf(
@@ -231,9 +250,12 @@ def convert_maskformer_official(
 ) -> ConversionResult:
     """Converts a facebookresearch/MaskFormer (detectron2) semantic-segmentation checkpoint.
 
+    Or converts an ImageNet backbone (torchvision ResNet, official Swin; no `sem_seg_head.*` key) to backbone-only
+    weights (see the module docstring).
+
     Args:
         state_dict: the checkpoint's `model` dict (`backbone.*`, `sem_seg_head.pixel_decoder.*`,
-            `sem_seg_head.predictor.*`, `criterion.empty_weight`).
+            `sem_seg_head.predictor.*`, `criterion.empty_weight`), or an ImageNet backbone's state dict.
         model_name: `maskformer_r50`, `maskformer_r101` or `maskformer_swin_t` .. `_l`; its backbone must be the
             checkpoint's.
         origin: the file name, for error messages.
@@ -243,6 +265,8 @@ def convert_maskformer_official(
         statistics as BatchNorm ones), `num_classes` and overrides (queries, decoder layers, Swin window).
     """
     backbone = maskformer_backbone(model_name, "official")
+    if not any(k.startswith("sem_seg_head.") for k in state_dict):
+        return _imagenet_backbone(state_dict, model_name, backbone, origin)
     source = SourceKeys(state_dict, origin)
     source.drop(r"criterion\.empty_weight|pixel_(mean|std)")
     target = TargetDict()
@@ -265,6 +289,55 @@ def convert_maskformer_official(
             target.put(f"{_DEC}.{layer}.{attn}.{name}.{param}", part, key)
     apply_rename_table(source, target, OFFICIAL_HEAD_TABLE)
     return _finish(source, target, model_name, "official")
+
+
+# --- ImageNet backbones (backbone-only) -----------------------------------------------------------------------------
+
+TORCHVISION_RESNET_TABLE = [
+    RenameRule(rf"(conv1\.weight|bn1\.{_BN})", r"backbone.\1"),
+    RenameRule(rf"(layer[1-4]\.\d+\.(?:conv[123]\.weight|bn[123]\.{_BN}|downsample\.0\.weight|downsample\.1\.{_BN}))",
+               r"backbone.\1"),
+]
+TORCHVISION_RESNET_DROPPED = rf"fc\.{_PARAM}"  # the ImageNet classifier
+
+
+def _imagenet_backbone(
+    state_dict: Mapping[str, torch.Tensor], model_name: str, backbone: str, origin: str
+) -> ConversionResult:
+    """A torchvision ResNet or an official Swin ImageNet checkpoint as the backbone-only weights of `model_name`."""
+    source = SourceKeys(state_dict, origin)
+    target = TargetDict()
+    is_swin = any(k.startswith("layers.") for k in state_dict)
+    is_resnet = any(k.startswith("layer1.") for k in state_dict)
+    if backbone.startswith("swin_"):
+        if not is_swin:
+            raise ValueError(f"{origin}: expected an official Swin ImageNet checkpoint (`patch_embed.proj.*`, "
+                             f"`layers.{{i}}.blocks.{{j}}.*`) or a whole MaskFormer one (`sem_seg_head.*`) for "
+                             f"{model_name}; first keys: {', '.join(list(state_dict)[:5])}")
+        try:
+            converted = convert_swin_official(state_dict)
+        except ValueError as exc:
+            raise ValueError(f"{origin}: {exc}") from exc
+        source.consumed.update(state_dict)
+        source.dropped.extend(k for k in state_dict if re.match(r"(norm|head)\.", k) or
+                              k.endswith((".relative_position_index", ".attn_mask")))
+        for key, value in converted.items():
+            target.put(key, value, "Swin ImageNet checkpoint (via seglab.convert.swin)")
+        overrides = _window_override(target, backbone)
+        for key, value in expected_state(model_name, None, overrides, backbone_only=True).items():
+            if key.startswith("backbone.out_norms.") and key not in target.tensors:
+                fill = torch.ones if key.endswith(".weight") else torch.zeros
+                target.put(key, fill(value.shape), "LayerNorm initialisation (not in an ImageNet checkpoint)")
+    else:
+        if not is_resnet:
+            raise ValueError(f"{origin}: expected a torchvision ResNet state dict (`conv1.weight`, `layer1.0.*`, ...) "
+                             f"or a whole MaskFormer checkpoint (`sem_seg_head.*`) for {model_name}; first keys: "
+                             f"{', '.join(list(state_dict)[:5])}")
+        source.drop(TORCHVISION_RESNET_DROPPED)
+        apply_rename_table(source, target, TORCHVISION_RESNET_TABLE)
+        overrides = {}
+    source.check_consumed(f"the backbone of {model_name} (ImageNet {'Swin' if is_swin else 'ResNet'})")
+    return finalize(source, target, model_name, None, overrides, backbone_only=True)
 
 
 __all__ = ["convert_maskformer_hf", "convert_maskformer_official", "maskformer_backbone"]

@@ -18,9 +18,10 @@ mmseg's `BaseDecodeHead` always builds but the mask transformer never uses (drop
 `FCNHead` with `num_convs=0`: `decode_head.conv_seg` only. mmseg's numerics are seglab's defaults.
 
 A source without a decoder (a timm / official-encoder ViT for `official`, an mmseg ViT such as the `vit_*_p16_384.pth`
-that mmseg's recipes pretrain from for `mmseg`) converts to backbone-only weights for a recipe's `model.pretrained`;
-its position embedding is resampled to the model's grid as the source code does when it loads pretrained weights
-(bilinear in the official code, bicubic in mmseg).
+that mmseg's recipes pretrain from for `mmseg`, a JAX / AugReg `.npz` for either) converts to backbone-only weights
+for a recipe's `model.pretrained` (`seglab.convert.vit.imagenet_vit_backbone`); its position embedding is resampled to
+the model's grid as the source code does when it loads pretrained weights (bilinear in the official code, bicubic in
+mmseg). `img_size` picks that grid (768 for Cityscapes, 480 for Pascal Context) and is returned as an override.
 
 The position-embedding grid of a whole-model checkpoint sets `img_size` when it is not the variant's default.
 """
@@ -41,7 +42,7 @@ from seglab.convert.common import (
     finalize,
     linear_to_conv1x1,
 )
-from seglab.convert.vit import convert_vit_mmseg, convert_vit_timm
+from seglab.convert.vit import convert_vit_mmseg, convert_vit_timm, imagenet_vit_backbone
 
 _PARAM = r"(weight|bias)"
 _BLOCK_PARTS = r"(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
@@ -120,8 +121,13 @@ def _check_decoder(model_name: str, linear: bool, has_mask: bool, has_linear: bo
                          f"(registered for ViT-S only), not {model_name!r}")
 
 
+def _img_size_option(img_size: int | None) -> dict[str, Any]:
+    return {} if img_size is None else {"img_size": img_size}
+
+
 def _finish(
-    source: SourceKeys, target: TargetDict, model_name: str, variant: str, linear: bool, overrides: dict[str, Any]
+    source: SourceKeys, target: TargetDict, model_name: str, variant: str, linear: bool, overrides: dict[str, Any],
+    img_size: int | None,
 ) -> ConversionResult:
     """Reads `num_classes` (class embeddings or classifier) and the position-embedding grid, then checks."""
     from seglab.models.segmenter import SEGMENTER_VARIANTS
@@ -132,32 +138,17 @@ def _finish(
                          f"({key!r} after renaming); is the checkpoint truncated?")
     num_classes = int(target.tensors[key].shape[0 if linear else 1])
     grid = _grid(target.tensors["backbone.pos_embed"], source.origin)
+    if img_size is not None and img_size != grid * 16:
+        raise ValueError(f"{source.origin}: its position embedding is trained for img_size {grid * 16}; a whole-model "
+                         f"checkpoint keeps its grid (img_size {img_size} is for backbone-only sources)")
     overrides = dict(overrides)
     if grid * 16 != SEGMENTER_VARIANTS[variant]:
         overrides["img_size"] = grid * 16
     return finalize(source, target, model_name, num_classes, overrides)
 
 
-def _backbone_only(
-    source: SourceKeys, backbone: dict[str, torch.Tensor], model_name: str, overrides: dict[str, Any]
-) -> ConversionResult:
-    """Encoder weights for `model.pretrained`, the position embedding resampled to the model's trained grid."""
-    from seglab.backbones.vit import resample_pos_embed
-    from seglab.registry import create_model
-
-    with torch.device("meta"):
-        model = create_model(model_name, **overrides)
-    grid, mode = model.backbone.grid_size, model.backbone.interpolate_mode
-    side = _grid(backbone["pos_embed"], source.origin)
-    if (side, side) != grid:
-        backbone["pos_embed"] = resample_pos_embed(backbone["pos_embed"], (side, side), grid, mode)
-    target = TargetDict()
-    _put_backbone(target, backbone, "ViT encoder")
-    return finalize(source, target, model_name, None, overrides, backbone_only=True)
-
-
 def convert_segmenter_official(
-    state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict"
+    state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict", img_size: int | None = None,
 ) -> ConversionResult:
     """Converts an official rstrudel/segmenter checkpoint, or a timm ViT as backbone-only weights.
 
@@ -166,6 +157,8 @@ def convert_segmenter_official(
             (no `encoder.` / `decoder.` keys) for a recipe's `model.pretrained`.
         model_name: `segmenter_vit_t` .. `segmenter_vit_l` (mask transformer) or `segmenter_vit_s_linear`.
         origin: the file name, for error messages.
+        img_size: for a timm encoder (backbone-only), the crop to resample the position embedding for (default the
+            variant's), returned as the `img_size` override; a whole model keeps its grid and refuses another.
 
     Returns:
         seglab keys, `num_classes` read from the class embeddings (or the linear classifier), and the official numerics
@@ -174,11 +167,8 @@ def convert_segmenter_official(
     variant, linear = segmenter_variant(model_name, "official")
     source = SourceKeys(state_dict, origin)
     if not any(k.startswith(("encoder.", "decoder.")) for k in state_dict):
-        dropped: list[str] = []
-        backbone = convert_vit_timm(state_dict, final_norm=True, dropped=dropped)
-        source.consumed.update(state_dict)
-        source.dropped.extend(dropped)
-        return _backbone_only(source, backbone, model_name, {"interpolate_mode": "bilinear"})
+        options = {"interpolate_mode": "bilinear", **_img_size_option(img_size)}
+        return imagenet_vit_backbone(source, convert_vit_timm, model_name, options, final_norm=True)
     if "encoder.dist_token" in state_dict:
         raise ValueError(f"{origin}: a Segmenter with a DeiT-distilled encoder (`encoder.dist_token`); its decoder was "
                          f"trained with the distillation token in the encoder, which seglab's ViT does not have")
@@ -194,11 +184,11 @@ def convert_segmenter_official(
     _put_backbone(target, backbone, "encoder.*")
     apply_rename_table(source, target, OFFICIAL_LINEAR_TABLE if linear else OFFICIAL_MASK_TABLE)
     source.check_consumed(f"{model_name} (official Segmenter layout)")
-    return _finish(source, target, model_name, variant, linear, OFFICIAL_OVERRIDES)
+    return _finish(source, target, model_name, variant, linear, OFFICIAL_OVERRIDES, img_size)
 
 
 def convert_segmenter_mmseg(
-    state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict"
+    state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict", img_size: int | None = None,
 ) -> ConversionResult:
     """Converts an mmsegmentation Segmenter checkpoint (`segmenter_vit-*_mask_*`, `segmenter_vit-s_linear_*`), or an
     mmseg ViT (`backbone.*` or unprefixed, no `decode_head.*`) as backbone-only weights.
@@ -207,6 +197,7 @@ def convert_segmenter_mmseg(
         state_dict: the segmentor's `state_dict`.
         model_name: `segmenter_vit_t` .. `segmenter_vit_l` (mask transformer) or `segmenter_vit_s_linear`.
         origin: the file name, for error messages.
+        img_size: as for `convert_segmenter_official`.
 
     Returns:
         seglab keys and `num_classes` read from the class embeddings (or `conv_seg`); mmseg's numerics are seglab's
@@ -215,11 +206,8 @@ def convert_segmenter_mmseg(
     variant, linear = segmenter_variant(model_name, "mmseg")
     source = SourceKeys(state_dict, origin)
     if not any(k.startswith("decode_head.") for k in state_dict):
-        dropped: list[str] = []
-        backbone = convert_vit_mmseg(state_dict, final_norm=True, dropped=dropped)
-        source.consumed.update(state_dict)
-        source.dropped.extend(dropped)
-        return _backbone_only(source, backbone, model_name, {})
+        return imagenet_vit_backbone(source, convert_vit_mmseg, model_name, _img_size_option(img_size),
+                                     final_norm=True)
     has_mask = "decode_head.cls_emb" in state_dict
     _check_decoder(model_name, linear, has_mask, "decode_head.conv_seg.weight" in state_dict, origin, "mmseg")
     backbone_keys = [k for k in source.keys() if k.startswith("backbone.")]
@@ -235,4 +223,4 @@ def convert_segmenter_mmseg(
         source.drop(MMSEG_MASK_DROPPED)
         apply_rename_table(source, target, MMSEG_MASK_TABLE)
     source.check_consumed(f"{model_name} (mmseg Segmenter layout)")
-    return _finish(source, target, model_name, variant, linear, {})
+    return _finish(source, target, model_name, variant, linear, {}, img_size)

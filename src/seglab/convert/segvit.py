@@ -17,12 +17,23 @@ Layout of the released files (`state_dict` of an mmseg `EncoderDecoder`):
 `num_classes` is read from `class_embed`, and the training crop (`img_size`) from the position embedding's grid;
 a crop other than the variant's default becomes an `img_size` override (e.g. 512 for the COCO-Stuff-10k ViT-L models,
 480 for Pascal Context).
+
+A source without `decode_head.*` keys is an ImageNet ViT and converts to backbone-only weights for a recipe's
+`model.pretrained` (`seglab.convert.vit.imagenet_vit_backbone`): the mmseg layout that the SegViT configs load
+(`vit_large_p16_384_20220308-d4efb41d.pth`, `vit_base_p16_384_20220308-96dfe169.pth`: `patch_embed.projection`,
+`layers.{i}.ln1`, ...), the timm layout they were converted from (`jx_vit_large_p16_384`, `vit_base_patch16_384`), or
+a JAX / AugReg `.npz`. The final norm and the classifier are dropped (SegViT backbones have none) and the position
+embedding is resampled bicubically to the model's grid (`img_size // 16`): SegViT builds mmseg's `VisionTransformer`
+with `interpolate_mode='bicubic'`, which `init_weights` passes to `resize_pos_embed` when it loads the pretrained file.
+`img_size` picks the grid (512 for COCO-Stuff-10k, 480 for Pascal Context; default the variant's crop) and is returned
+as an override.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -33,9 +44,10 @@ from seglab.convert.common import (
     TargetDict,
     apply_rename_table,
     finalize,
+    has_decode_head,
     model_variant,
 )
-from seglab.convert.vit import convert_vit_mmseg
+from seglab.convert.vit import convert_vit_mmseg, convert_vit_timm, imagenet_vit_backbone
 
 _PARAM = r"(weight|bias)"
 _ATM_LAYER = (r"(self_attn\.in_proj_weight|self_attn\.in_proj_bias|self_attn\.out_proj\.(?:weight|bias)"
@@ -68,18 +80,24 @@ def segvit_variant(model_name: str) -> str:
 
 
 def convert_segvit_official(
-    state_dict: Mapping[str, torch.Tensor], model_name: str, origin: str = "state dict"
+    state_dict: Mapping[str, torch.Tensor], model_name: str, origin: str = "state dict",
+    overrides: Mapping[str, Any] | None = None, img_size: int | None = None,
 ) -> ConversionResult:
-    """Converts an official SegViT checkpoint (mmseg ViT backbone + `ATMHead` or `TPNATMHead`).
+    """Converts an official SegViT checkpoint (mmseg ViT backbone + `ATMHead` or `TPNATMHead`), or an ImageNet ViT
+    (mmseg, timm or JAX layout; no `decode_head.*` key) as backbone-only weights.
 
     Args:
-        state_dict: the checkpoint's tensors (`backbone.*`, `decode_head.*`).
+        state_dict: the checkpoint's tensors (`backbone.*`, `decode_head.*`), or an ImageNet ViT's.
         model_name: `segvit_vit_b`, `segvit_vit_l` or `segvit_shrunk_vit_l` (Shrunk: `vit_shrink` + `TPNATMHead`).
         origin: the file name, for error messages.
+        overrides: model options the keys cannot tell (e.g. `vit` and `out_indices` of a reduced model); they win
+            over the inferred ones.
+        img_size: for an ImageNet ViT, the crop to resample the position embedding for (default the variant's),
+            returned as the `img_size` override; a whole SegViT checkpoint keeps its grid and refuses another.
 
     Returns:
         seglab keys, `num_classes` read from `class_embed`, and an `img_size` override when the checkpoint's
-        position-embedding grid is not the variant's default crop.
+        position-embedding grid is not the variant's default crop; or the backbone-only weights.
 
     Raises:
         ValueError: naming unknown keys, a final backbone norm (no SegViT config has one), or keys and shapes that do
@@ -90,6 +108,11 @@ def convert_segvit_official(
 
     spec = SEGVIT_VARIANTS[segvit_variant(model_name)]
     source = SourceKeys(state_dict, origin)
+    if not has_decode_head(state_dict):
+        mmseg = any(k.removeprefix("backbone.").startswith(("patch_embed.projection.", "layers.")) for k in state_dict)
+        options = {**(overrides or {}), **({} if img_size is None else {"img_size": img_size})}
+        return imagenet_vit_backbone(source, convert_vit_mmseg if mmseg else convert_vit_timm, model_name, options,
+                                     final_norm=False)
     for pattern in DROPPED:
         source.drop(pattern)
     if any(k.startswith("backbone.ln1.") for k in source.keys()):
@@ -116,8 +139,11 @@ def convert_segvit_official(
     if grid * grid != tokens:
         raise ValueError(f"{origin}: backbone.pos_embed holds {tokens} patch positions, not a square grid; SegViT "
                          f"trains on square crops")
-    img_size = grid * VIT_CONFIGS[spec.backbone].patch_size
-    overrides = {} if img_size == spec.img_size else {"img_size": img_size}
-    result = finalize(source, target, model_name, num_classes, overrides)
+    trained = grid * VIT_CONFIGS[spec.backbone].patch_size
+    if img_size is not None and img_size != trained:
+        raise ValueError(f"{origin}: its position embedding is trained for img_size {trained}; a whole SegViT "
+                         f"checkpoint keeps its grid (img_size {img_size} is for backbone-only sources)")
+    inferred = {} if trained == spec.img_size else {"img_size": trained}
+    result = finalize(source, target, model_name, num_classes, {**inferred, **(overrides or {})})
     result.dropped.extend(dropped)
     return result

@@ -25,8 +25,10 @@ Heads are renamed here:
 
 Every converter reads `num_classes` from the classifier and `img_size` from the position embedding (square grids), and
 picks the ViT variant from the width and depth. A source without `decode_head.*` keys is an ImageNet encoder (mmseg
-ViT for `mmseg`, timm / `jx_vit_*` for `official`): it converts to backbone keys only, its final norm and classifier
-dropped and its position embedding resampled bilinearly to the model's grid, as both codes do when they load it.
+ViT for `mmseg`, timm / `jx_vit_*` for `official`, a JAX / AugReg `.npz` for either): it converts to backbone keys
+only (`seglab.convert.vit.imagenet_vit_backbone`), its final norm and classifier dropped and its position embedding
+resampled bilinearly to the model's grid, as both codes do when they load it. `img_size` picks that grid (768 for the
+Cityscapes recipes, 480 for Pascal Context) and is returned as an override.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from seglab.convert.common import (
     model_variant,
     permute_concat_blocks,
 )
-from seglab.convert.vit import convert_vit_mmseg, convert_vit_timm
+from seglab.convert.vit import convert_vit_mmseg, convert_vit_timm, imagenet_vit_backbone
 
 _PARAM = r"(weight|bias)"
 _BN_LEAF = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
@@ -150,7 +152,7 @@ def setr_variant(model_name: str, source: str) -> str:
 
 def convert_setr_mmseg(
     state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict",
-    overrides: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None, img_size: int | None = None,
 ) -> ConversionResult:
     """Converts an mmsegmentation SETR checkpoint (`SETRUPHead` / `MLANeck` + `SETRMLAHead`, mmseg 0.x and 1.x).
 
@@ -161,6 +163,9 @@ def convert_setr_mmseg(
         origin: the file name, for error messages.
         overrides: model options the keys cannot tell, for checkpoints of other recipes (e.g. `layers` of a ViT-B
             SETR); they win over the inferred ones.
+        img_size: for a backbone-only source, the crop to resample the position embedding for (768 for Cityscapes,
+            480 for Pascal Context; default the model's), returned as the `img_size` override; a whole-model
+            checkpoint keeps its own grid and refuses another.
 
     Returns:
         seglab keys; `num_classes` from the classifier; overrides: `img_size` from the position embedding, `vit` from
@@ -168,10 +173,11 @@ def convert_setr_mmseg(
         defaults.
     """
     variant = setr_variant(model_name, "mmseg")
+    overrides = _with_img_size(overrides, img_size)
     source = SourceKeys(state_dict, origin)
     target = TargetDict()
     if not has_decode_head(state_dict):
-        return _backbone_only(source, target, model_name, convert_vit_mmseg, "mmseg", overrides)
+        return imagenet_vit_backbone(source, convert_vit_mmseg, model_name, overrides or {}, final_norm=False)
     _put_backbone(source, target, convert_vit_mmseg)
     if variant == "mla":
         levels = len({m[1] for k in source.keys() if (m := re.fullmatch(r"neck\.norm\.(\d+)\.weight", k))})
@@ -184,7 +190,7 @@ def convert_setr_mmseg(
 
 def convert_setr_official(
     state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict",
-    overrides: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None, img_size: int | None = None,
 ) -> ConversionResult:
     """Converts an original fudan-zvg/SETR checkpoint (`VisionTransformer` / `VIT_MLA` + `VisionTransformerUpHead` /
     `VIT_MLAHead`, auxiliary `VisionTransformerUpHead` / `VIT_MLA_AUXIHead`).
@@ -195,6 +201,7 @@ def convert_setr_official(
         model_name: `setr_naive_vit_l`, `setr_pup_vit_l` or `setr_mla_vit_l`, the head type of the checkpoint.
         origin: the file name, for error messages.
         overrides: model options the keys cannot tell; they win over the inferred ones.
+        img_size: as for `convert_setr_mmseg`.
 
     Returns:
         seglab keys; `num_classes` from the classifier; overrides: the original numerics (`OFFICIAL_UP_OVERRIDES`,
@@ -202,10 +209,11 @@ def convert_setr_official(
         classifies before its last x2 upsampling and seglab after it: equal up to rounding (see `seglab.heads.setr`).
     """
     variant = setr_variant(model_name, "official")
+    overrides = _with_img_size(overrides, img_size)
     source = SourceKeys(state_dict, origin)
     target = TargetDict()
     if not has_decode_head(state_dict):
-        return _backbone_only(source, target, model_name, convert_vit_timm, "official", overrides)
+        return imagenet_vit_backbone(source, convert_vit_timm, model_name, overrides or {}, final_norm=False)
     source.drop(OFFICIAL_DROPPED)
     _put_backbone(source, target, convert_vit_timm)
     if variant == "mla":
@@ -222,6 +230,10 @@ def convert_setr_official(
         inferred = dict(OFFICIAL_UP_OVERRIDES[variant])
     source.check_consumed(f"{model_name} (original SETR layout)")
     return _finish(source, target, model_name, inferred, overrides)
+
+
+def _with_img_size(overrides: Mapping[str, Any] | None, img_size: int | None) -> dict[str, Any]:
+    return {**(overrides or {}), **({} if img_size is None else {"img_size": img_size})}
 
 
 def _put_backbone(source: SourceKeys, target: TargetDict, convert_vit) -> None:
@@ -301,6 +313,10 @@ def _finish(
                          f"`.conv_k`); is it a SETR checkpoint of this head type ({model_name})?")
     num_classes = int(target.tensors[key].shape[0])
     inferred = {**inferred, "img_size": _grid_img_size(target), "vit": _vit_variant(target)}
+    requested = (overrides or {}).get("img_size")
+    if requested is not None and requested != inferred["img_size"]:
+        raise ValueError(f"{source.origin}: its position embedding is trained for img_size {inferred['img_size']}; "
+                         f"a whole-model checkpoint keeps its grid (img_size {requested} is for backbone-only sources)")
     aux = sorted({int(m[1]) for k in target.tensors if (m := re.match(r"aux_heads\.(\d+)\.", k))})
     if not aux:
         inferred["aux_heads"] = False
@@ -312,28 +328,3 @@ def _finish(
     kept = {k: v for k, v in options.items() if getattr(defaults, k) != v or k == "img_size"}
     return finalize(source, target, model_name, num_classes, kept)
 
-
-def _backbone_only(
-    source: SourceKeys, target: TargetDict, model_name: str, convert_vit, layout: str,
-    overrides: Mapping[str, Any] | None,
-) -> ConversionResult:
-    """An ImageNet ViT as `backbone.*` of `model_name`, its position embedding resampled (bilinear, as mmseg and the
-    original code do at load time) to the grid of the model's `img_size`."""
-    from seglab.backbones.vit import resample_pos_embed
-    from seglab.registry import resolve_options
-
-    state = {k.removeprefix("backbone."): source.take(k) for k in source.keys()}
-    dropped: list[str] = []
-    backbone = convert_vit(state, final_norm=False, dropped=dropped)
-    source.dropped.extend(dropped)
-    options = resolve_options(model_name, dict(overrides or {}))
-    patch = backbone["patch_embed.proj.weight"].shape[-1]
-    pos = backbone["pos_embed"]
-    side = math.isqrt(pos.shape[1] - 1)
-    if side * side != pos.shape[1] - 1:
-        raise ValueError(f"{source.origin}: {pos.shape[1] - 1} patch positions are not a square grid")
-    grid = (options.img_size // patch, options.img_size // patch)
-    backbone["pos_embed"] = resample_pos_embed(pos, (side, side), grid, mode="bilinear")
-    for key, value in backbone.items():
-        target.put(f"backbone.{key}", value, f"{key} ({layout} ViT, via seglab.convert.vit)")
-    return finalize(source, target, model_name, None, dict(overrides or {}), backbone_only=True)

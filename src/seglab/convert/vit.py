@@ -27,17 +27,32 @@ Layouts:
 
 The final LayerNorm: with `final_norm=True` (default) the source's final norm becomes `norm` (build the backbone with
 `final_norm=True`); with `final_norm=False` it is dropped, for a backbone built without it.
+
+ImageNet ViTs as backbone-only weights (`imagenet_vit_backbone`, used by the SETR, Segmenter and SegViT converters):
+the source is converted by the layout's function, or by `convert_vit_jax_npz` whatever the source name when it holds
+JAX arrays (recognised by an `embedding/kernel` key; `seglab.convert.common.read_source` reads a `.npz` file into
+tensors under the array names), and its position embedding is resampled to the grid of the model it is for, with that
+model's `interpolate_mode` (plain `F.interpolate`, `align_corners=False`, as mmseg's `resize_pos_embed`).
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-from seglab.convert.common import RenameRule, SourceKeys, TargetDict, apply_rename_table
+from seglab.convert.common import (
+    ConversionResult,
+    RenameRule,
+    SourceKeys,
+    TargetDict,
+    apply_rename_table,
+    finalize,
+)
 
 _PARAM = r"(weight|bias)"
 _BLOCK_PARTS = r"(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
@@ -128,13 +143,14 @@ def convert_vit_mmseg(
 
 
 def convert_vit_jax_npz(
-    arrays: Mapping[str, np.ndarray], final_norm: bool = True, dropped: list[str] | None = None
+    arrays: Mapping[str, np.ndarray | torch.Tensor], final_norm: bool = True, dropped: list[str] | None = None
 ) -> dict[str, torch.Tensor]:
-    """JAX / AugReg ViT `.npz` arrays (`dict(np.load(path))`) -> seglab `VisionTransformer` keys.
+    """JAX / AugReg ViT `.npz` arrays (`dict(np.load(path))`, or `read_source`'s tensors) -> seglab `VisionTransformer`
+    keys.
 
     Args:
-        arrays: the checkpoint's arrays by name (see the module docstring for the layout), optionally under
-            `opt/target/`.
+        arrays: the checkpoint's arrays (numpy or torch) by name (see the module docstring for the layout), optionally
+            under `opt/target/`.
         final_norm: keep `Transformer/encoder_norm` as `norm` (True) or drop it.
         dropped: if given, the deliberately dropped source keys are appended to it.
 
@@ -153,7 +169,8 @@ def convert_vit_jax_npz(
                          "prefix); only the google-research/vision_transformer (AugReg) layout is supported")
     if any(k.startswith(f"{prefix}conv_root/") for k in arrays):
         raise ValueError("JAX ViT arrays: a hybrid (ResNet stem) ViT; only plain patch-embedding ViTs are supported")
-    tensors = {k.removeprefix(prefix): torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    tensors = {k.removeprefix(prefix): v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+               for k, v in arrays.items()}
     source = SourceKeys(tensors, "JAX ViT .npz" + (" (`opt/target/` prefix removed)" if prefix else ""))
     source.drop(JAX_DROPPED)
     if not final_norm:
@@ -194,6 +211,58 @@ def convert_vit_jax_npz(
             put(f"{ours}mlp.fc{r + 1}.weight", f"{dense}kernel", _take(source, f"{dense}kernel", 2).T)  # (in, out)
             put(f"{ours}mlp.fc{r + 1}.bias", f"{dense}bias", _take(source, f"{dense}bias", 1))
     return _finish(source, target, dropped, "the ViT backbone (JAX .npz layout)")
+
+
+def is_jax_vit(state_dict: Mapping[str, object]) -> bool:
+    """Whether a source holds JAX ViT arrays (`embedding/kernel`, under any prefix) rather than PyTorch keys."""
+    return any(key.endswith("embedding/kernel") for key in state_dict)
+
+
+def imagenet_vit_backbone(
+    source: SourceKeys, convert_vit: Callable[..., dict[str, torch.Tensor]], model_name: str,
+    overrides: Mapping[str, Any], final_norm: bool,
+) -> ConversionResult:
+    """An ImageNet ViT (every remaining key of `source`, optionally under `backbone.`) as the backbone-only weights of
+    `create_model(model_name, **overrides)`, its position embedding resampled to that model's grid.
+
+    Args:
+        source: the checkpoint's keys; its `origin` names the file in errors.
+        convert_vit: the layout's converter (`convert_vit_timm` / `convert_vit_mmseg`); JAX arrays (`is_jax_vit`) go
+            through `convert_vit_jax_npz` instead.
+        model_name: the seglab model the weights are for.
+        overrides: its constructor options (e.g. `img_size`, which sets the grid); returned as the result's overrides.
+        final_norm: whether the model's backbone has a final norm (kept) or not (the source's is dropped).
+
+    Returns:
+        A backbone-only `ConversionResult` (the ImageNet classifier among `dropped`).
+    """
+    from seglab.backbones.vit import resample_pos_embed
+    from seglab.registry import create_model
+
+    state = {key.removeprefix("backbone."): source.take(key) for key in source.keys()}
+    if is_jax_vit(state):
+        convert_vit = convert_vit_jax_npz
+    dropped: list[str] = []
+    try:
+        backbone = convert_vit(state, final_norm=final_norm, dropped=dropped)
+    except ValueError as exc:  # the layout converters name the layout, not the file
+        raise ValueError(f"{source.origin}: {exc}") from exc
+    source.dropped.extend(dropped)
+    with torch.device("meta"):
+        model = create_model(model_name, **overrides)
+    grid, mode = tuple(model.backbone.grid_size), model.backbone.interpolate_mode
+    pos = backbone["pos_embed"]
+    side = math.isqrt(pos.shape[1] - 1)
+    if side * side != pos.shape[1] - 1:
+        raise ValueError(f"{source.origin}: the position embedding {tuple(pos.shape)} holds {pos.shape[1] - 1} patch "
+                         f"positions, not a square grid")
+    if (side, side) != grid:
+        backbone["pos_embed"] = resample_pos_embed(pos, (side, side), grid, mode)
+    target = TargetDict()
+    layout = "JAX .npz" if convert_vit is convert_vit_jax_npz else convert_vit.__name__.removeprefix("convert_vit_")
+    for key, value in backbone.items():
+        target.put(f"backbone.{key}", value, f"{key} ({layout} ViT, via seglab.convert.vit)")
+    return finalize(source, target, model_name, None, dict(overrides), backbone_only=True)
 
 
 def _take(source: SourceKeys, key: str, ndim: int) -> torch.Tensor:

@@ -48,7 +48,7 @@ def export_onnx(
     height: int = 512,
     width: int = 512,
     opset: int = 18,
-    batch: int = 1,
+    batch: int = 2,
     in_channels: int = 3,
     dynamo: bool = True,
 ) -> Path:
@@ -63,7 +63,9 @@ def export_onnx(
         height: height of the example input used for tracing.
         width: width of the example input used for tracing.
         opset: ONNX opset version.
-        batch: batch size of the example input.
+        batch: batch size of the example input (the exported batch axis is dynamic either way). Keep it above 1:
+            from a batch of 1 the exporter annotates the broadcast of (1, N, C) parameters (a ViT's position
+            embedding) as batch 1, and onnxruntime then fails at any other batch.
         in_channels: channels of the example input.
         dynamo: use the `torch.export`-based exporter; False uses the TorchScript tracer.
 
