@@ -91,6 +91,10 @@ class ScheduleConfig:
     warmup_ratio: float = 1e-6
     power: float = 1.0
     min_lr: float = 0.0
+    # "step" (instance configs only, seglab.engine.instance): lr x gamma at each iteration in `steps`, no poly decay
+    policy: str = "poly"  # poly | step
+    steps: tuple[int, ...] = ()
+    gamma: float = 0.1
 
 
 @dataclass

@@ -60,8 +60,14 @@ def test_repo_configs_parse():
     root = Path(__file__).resolve().parents[2] / "configs"
     files = [p for p in root.rglob("*.yaml") if not p.name.startswith("_")]
     assert files
+    from seglab.engine.instance import is_instance_config
+    from seglab.instance.mask_rcnn import MASK_RCNN_VARIANTS, resolve_mask_rcnn_options
     from seglab.registry import resolve_options
 
     for path in files:
         config = load_config(path)
+        if is_instance_config(config):  # torchvision detection models: their own table and options
+            assert config.model.name in MASK_RCNN_VARIANTS, path
+            resolve_mask_rcnn_options(dict(config.model.overrides))
+            continue
         resolve_options(config.model.name, dict(config.model.overrides))  # the model exists, its overrides are valid

@@ -1,4 +1,8 @@
-"""`seglab` command line: train, eval, predict, models, info, convert, export, data, demo."""
+"""`seglab` command line: train, eval, predict, refine, models, info, convert, export, data, demo.
+
+Run configs whose `data.dataset` is an instance dataset (`coco_instances`, `shapes_instances`) train, evaluate
+and predict with Mask R-CNN through `seglab.engine.instance`; the others are semantic segmentation runs.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +55,11 @@ def run_training(config, resume: bool = False, progress: bool = True, stop_at: i
     from seglab.engine.run import build_model, build_split, build_train_transform, evaluate, prepare_data
     from seglab.engine.trainer import Trainer, seed_everything
 
+    if config.schedule.policy != "poly":
+        from seglab.config import ConfigError
+
+        raise ConfigError(f"schedule.policy {config.schedule.policy!r} is for instance configs only; semantic "
+                          f"training uses poly")
     context = setup_distributed()
     if init_from is not None:
         config.train.init_from = init_from
@@ -83,6 +92,10 @@ def cmd_train(args) -> int:
     from seglab.engine.trainer import CheckpointWriteError, NonFiniteLossError
 
     config = _load_run_config(args)
+    from seglab.engine.instance import is_instance_config
+
+    if is_instance_config(config):
+        return _train_instances(config, args)
     try:
         _, val_set, result = run_training(config, resume=args.resume, progress=not args.no_progress,
                                           stop_at=args.stop_at, init_from=args.init_from)
@@ -107,12 +120,58 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _format_ap(metrics: dict) -> str:
+    """One row per IoU type (segm, bbox, boundary) with AP, AP50, AP75, APs, APm, APl in percent."""
+    from seglab.metrics_instance import AP_NAMES
+
+    types = [t for t in ("segm", "bbox", "boundary") if f"{t}_AP" in metrics]
+    lines = [f"{'':<10}" + "".join(f"{n:>8}" for n in AP_NAMES)]
+    for t in types:
+        cells = (metrics[f"{t}_{n}"] for n in AP_NAMES)
+        lines.append(f"{t:<10}" + "".join(f"{'n/a' if v != v else f'{100 * v:.2f}':>8}" for v in cells))
+    return "\n".join(lines)
+
+
+def _train_instances(config, args) -> int:
+    from seglab.engine.instance import run_instance_training
+    from seglab.engine.trainer import NonFiniteLossError
+
+    try:
+        _, _, result = run_instance_training(config, resume=args.resume, progress=not args.no_progress,
+                                             stop_at=args.stop_at, init_from=args.init_from)
+    except NonFiniteLossError as exc:
+        print(f"seglab train: error: {exc}", file=sys.stderr)
+        return 1
+    if result.final_metrics is not None:
+        print(_format_ap(result.final_metrics))
+    print(f"checkpoints and logs in {result.work_dir}")
+    return 0
+
+
+def _eval_instances(config, args) -> int:
+    from seglab.engine.instance import build_instance_split, load_instance_checkpoint
+    from seglab.instance.mask_rcnn import evaluate_instances
+
+    device = _device(args.device)
+    val_set = build_instance_split(config, args.split or config.data.val_split)
+    model = load_instance_checkpoint(args.checkpoint).to(device)
+    metrics = evaluate_instances(model, val_set, device)
+    print(_format_ap(metrics))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(_jsonable(metrics), indent=2))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from seglab.engine.distributed import is_main_process, setup_distributed, shutdown_distributed
+    from seglab.engine.instance import is_instance_config
     from seglab.engine.run import build_model, build_split, evaluate
     from seglab.metrics import format_table
 
     config = _load_run_config(args)
+    if is_instance_config(config):
+        return _eval_instances(config, args)
     context = setup_distributed(args.device)  # under torchrun each rank evaluates a share; metrics are exact
     try:
         val_set = build_split(config, args.split or config.data.val_split)
@@ -163,6 +222,7 @@ def _collect_inputs(inputs: list[str]) -> list[Path]:
 def cmd_predict(args) -> int:
     from seglab.config import load_config
     from seglab.data.datasets import read_image
+    from seglab.engine.instance import is_instance_checkpoint, is_instance_config
     from seglab.engine.run import build_model, build_test_transform
     from seglab.inference import predict
     from seglab.registry import create_model
@@ -171,6 +231,8 @@ def cmd_predict(args) -> int:
     if (args.model is None) == (args.config is None):
         raise SystemExit("predict: give exactly one of --model NAME or --config CONFIG")
     config = load_config(args.config, args.set)
+    if is_instance_checkpoint(args.checkpoint) or (args.config and is_instance_config(config)):
+        return _predict_instances(args)
     if args.model:
         model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint)
     else:
@@ -196,6 +258,145 @@ def cmd_predict(args) -> int:
         save_label_png(out / f"{path.stem}.png", labels, palette)
         save_overlay_png(out / f"{path.stem}_overlay.png", image.permute(1, 2, 0).numpy(), labels, palette)
         print(f"{path} -> {out / (path.stem + '.png')}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- instances
+def _instance_map(masks: torch.Tensor, scores: torch.Tensor):
+    """(H, W) uint8 map: instance k + 1 where mask k is the highest-scoring mask covering the pixel, else 0."""
+    import numpy as np
+
+    height, width = masks.shape[-2:]
+    out = np.zeros((height, width), np.uint8)
+    order = torch.argsort(scores.cpu(), descending=False).tolist()  # low scores first: high ones paint over them
+    m = masks.cpu().numpy()
+    for k in order:
+        out[m[k]] = min(k + 1, 254)  # an indexed PNG holds 255 colours (0..254); more instances share the last
+    return out
+
+
+def _write_instances(out: Path, stem: str, image: torch.Tensor, result: dict, class_names) -> None:
+    """`{stem}.png` instance map, `{stem}_overlay.png`, `{stem}_masks.npz` (masks, boxes, labels, scores) and
+    `{stem}.json` (per instance: label, class, score, box)."""
+    import numpy as np
+
+    from seglab.tools.visualize import make_palette, save_label_png, save_overlay_png
+
+    masks, scores = result["masks"].cpu(), result["scores"].cpu()
+    ids = _instance_map(masks, scores)
+    palette = make_palette(255)
+    # background (0) as the ignore index: black in the map, the plain image in the overlay
+    save_label_png(out / f"{stem}.png", ids, palette, ignore_index=0)
+    save_overlay_png(out / f"{stem}_overlay.png", image.permute(1, 2, 0).numpy(), ids, palette, ignore_index=0)
+    np.savez_compressed(out / f"{stem}_masks.npz", masks=masks.numpy(), boxes=result["boxes"].cpu().numpy(),
+                        labels=result["labels"].cpu().numpy(), scores=scores.numpy())
+    names = list(class_names) if class_names else None
+    records = [{"instance": k + 1, "label": int(label), "class": names[int(label)] if names and label < len(names)
+                else str(int(label)), "score": float(score), "box": [float(v) for v in box]}
+               for k, (label, score, box) in enumerate(zip(result["labels"].tolist(), scores.tolist(),
+                                                            result["boxes"].cpu().tolist(), strict=True))]
+    (out / f"{stem}.json").write_text(json.dumps(records, indent=1))
+
+
+def _keep(result: dict, score_thresh: float) -> dict:
+    keep = result["scores"] >= score_thresh
+    return {k: v[keep] for k, v in result.items()}
+
+
+def _predict_instances(args) -> int:
+    from seglab.data.datasets import read_image
+    from seglab.engine.instance import load_instance_checkpoint
+    from seglab.instance.mask_rcnn import predict_instances
+
+    device = _device(args.device)
+    model = load_instance_checkpoint(args.checkpoint).to(device).eval()
+    class_names = None
+    if args.config:
+        from seglab.config import load_config
+        from seglab.engine.instance import build_instance_split
+
+        config = load_config(args.config, args.set)
+        try:
+            class_names = build_instance_split(config, config.data.val_split).class_names
+        except Exception:  # the names are a convenience: predicting does not need the dataset
+            class_names = None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in _collect_inputs(args.inputs):
+        image = read_image(path)
+        result = _keep(predict_instances(model, image.to(device)), args.score_thresh)
+        _write_instances(out, path.stem, image, result, class_names)
+        print(f"{path} -> {out / (path.stem + '.png')} ({len(result['scores'])} instances)")
+    return 0
+
+
+def _load_bpr(path: str, device: torch.device):
+    """A BPR network from a `seglab.instance.bpr_train.save_bpr` checkpoint, in eval mode on `device`."""
+    from seglab.instance.bpr_train import load_bpr
+
+    return load_bpr(path).to(device).eval()
+
+
+def _coarse_masks_file(masks_arg: Path, stem: str) -> Path:
+    if masks_arg.is_file():
+        return masks_arg
+    for name in (f"{stem}_masks.npz", f"{stem}.npz"):
+        if (masks_arg / name).is_file():
+            return masks_arg / name
+    raise FileNotFoundError(f"--masks {masks_arg}: no {stem}_masks.npz or {stem}.npz there")
+
+
+def cmd_refine(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from seglab.data.datasets import read_image
+    from seglab.instance.bpr import normalize_image, refine
+
+    if (args.detector is None) == (args.masks is None):
+        raise SystemExit("refine: give exactly one of --detector CKPT (Mask R-CNN) or --masks NPZ_OR_DIR")
+    device = _device(args.device)
+    bpr = _load_bpr(args.bpr, device)
+    detector = None
+    if args.detector:
+        from seglab.engine.instance import load_instance_checkpoint
+        from seglab.instance.mask_rcnn import predict_instances
+
+        detector = load_instance_checkpoint(args.detector).to(device).eval()
+    inputs = _collect_inputs(args.inputs)
+    if args.masks and Path(args.masks).is_file() and len(inputs) > 1:
+        raise SystemExit("refine: one --masks file fits one image; pass a folder of {stem}_masks.npz for several")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    for path in inputs:
+        image = read_image(path)
+        if detector is not None:
+            result = _keep(predict_instances(detector, image.to(device)), args.score_thresh)
+            coarse = result["masks"]
+        else:
+            source = _coarse_masks_file(Path(args.masks), path.stem)
+            with np.load(source) as data:
+                if "masks" not in data:
+                    raise ValueError(f"{source} has no 'masks' array (N, H, W)")
+                coarse = torch.from_numpy(data["masks"].astype(bool))
+            if coarse.dim() != 3 or tuple(coarse.shape[-2:]) != tuple(image.shape[-2:]):
+                raise ValueError(f"{source}: masks {tuple(coarse.shape)} do not fit image {path} "
+                                 f"({image.shape[-2]}x{image.shape[-1]}); expected (N, H, W)")
+        coarse = coarse.to(device)
+        refined = (refine(normalize_image(image.to(device)), coarse, bpr, patch_size=args.patch_size,
+                          nms_iou=args.nms_iou, timings=timings) if len(coarse) else coarse)
+        folder = out / path.stem
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, mask in enumerate(refined.cpu().numpy()):
+            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{k:03d}.png")
+        np.savez_compressed(out / f"{path.stem}_refined.npz", masks=refined.cpu().numpy(),
+                            coarse=coarse.cpu().numpy())
+        changed = int((refined != coarse).sum())
+        print(f"{path}: {len(refined)} masks refined, {changed} pixels changed -> {folder}/")
+    if timings:
+        total = sum(timings.values())
+        print("refinement time: " + ", ".join(f"{k} {v:.3f}s" for k, v in timings.items()) + f" (total {total:.3f}s)")
     return 0
 
 
@@ -264,6 +465,16 @@ def cmd_data_shapes(args) -> int:
     start = time.perf_counter()
     root = generate_shapes(args.out, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed)
     print(f"wrote {args.n_train} train + {args.n_val} val images to {root} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def cmd_data_shapes_instances(args) -> int:
+    from seglab.data.coco_instances import generate_shapes_instances
+
+    start = time.perf_counter()
+    root = generate_shapes_instances(args.out, args.n_train, args.n_val, args.size, args.seed)
+    print(f"wrote {args.n_train} train + {args.n_val} val instance images (COCO JSON) to {root} in "
+          f"{time.perf_counter() - start:.1f}s")
     return 0
 
 
@@ -341,8 +552,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--flip", action="store_true")
     p.add_argument("--scales", type=float, nargs="+")
+    p.add_argument("--score-thresh", type=float, default=0.5,
+                   help="instance models: keep detections scoring at least this (default 0.5)")
     p.add_argument("--device")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("refine", help="refine coarse instance masks with BPR; writes one PNG per instance")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--bpr", required=True, help="BPR checkpoint (save_bpr: bpr_hrnet18s / bpr_hrnet48)")
+    p.add_argument("--detector", help="Mask R-CNN checkpoint whose masks are refined")
+    p.add_argument("--masks", help="coarse masks instead: a .npz with 'masks' (N, H, W), or a folder of "
+                                   "{stem}_masks.npz (what `seglab predict` writes for instance models)")
+    p.add_argument("--out", required=True, help="output folder: {stem}/{k:03d}.png and {stem}_refined.npz")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="with --detector: detections kept")
+    p.add_argument("--patch-size", type=int, default=64, help="boundary patch side in pixels (BPR: 64)")
+    p.add_argument("--nms-iou", type=float, default=0.55, help="patch NMS IoU (BPR: 0.55 Cityscapes, 0.25 COCO)")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_refine)
 
     p = sub.add_parser("models", help="list models with parameters and GFLOPs")
     p.add_argument("--size", type=int, default=512)
@@ -385,6 +611,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--size", type=int, default=128)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_data_shapes)
+    q = data_sub.add_parser("shapes-instances", help="generate the synthetic instance shapes (COCO JSON)")
+    q.add_argument("--out", required=True)
+    q.add_argument("--n-train", type=int, default=200)
+    q.add_argument("--n-val", type=int, default=50)
+    q.add_argument("--size", type=int, default=128)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_data_shapes_instances)
     q = data_sub.add_parser("check", help="check a dataset's layout, pairs, files and labels; exit 1 on problems")
     q.add_argument("source", metavar="CONFIG_OR_DIR", help="a run config (its data section) or a dataset root")
     q.add_argument("--dataset", help="dataset name for a folder (default folder); see docs/datasets.md")

@@ -1,4 +1,5 @@
-"""Instance segmentation: BPR boundary patch refinement of coarse instance masks (`seglab.instance.bpr`)."""
+"""Instance segmentation: Mask R-CNN on torchvision (`seglab.instance.mask_rcnn`), BPR boundary patch refinement of
+coarse instance masks (`seglab.instance.bpr`) and its training / evaluation (`seglab.instance.bpr_train`)."""
 
 from seglab.instance.bpr import (
     BPR_VARIANTS,
@@ -17,21 +18,49 @@ from seglab.instance.bpr import (
     refine,
     train_step,
 )
+from seglab.instance.bpr_train import (
+    build_patch_set,
+    compare_before_after,
+    load_bpr,
+    matched_boundary_iou,
+    refine_dataset,
+    save_bpr,
+    train_bpr,
+)
+from seglab.instance.mask_rcnn import (
+    MASK_RCNN_VARIANTS,
+    MaskRCNNOptions,
+    build_mask_rcnn,
+    evaluate_instances,
+    predict_instances,
+)
 
 __all__ = [
     "BPR_VARIANTS",
     "BPRNet",
     "BPRVariant",
+    "MASK_RCNN_VARIANTS",
+    "MaskRCNNOptions",
     "PatchDataset",
     "PatchSet",
     "boundary_pixels",
     "boundary_scores",
     "build_bpr",
+    "build_mask_rcnn",
     "concat_patch_sets",
+    "evaluate_instances",
     "extract_training_patches",
     "normalize_image",
     "paste_patches",
+    "predict_instances",
     "propose_patches",
     "refine",
     "train_step",
+    "build_patch_set",
+    "compare_before_after",
+    "load_bpr",
+    "matched_boundary_iou",
+    "refine_dataset",
+    "save_bpr",
+    "train_bpr",
 ]
