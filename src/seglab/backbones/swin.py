@@ -39,6 +39,7 @@ from torch import nn
 from seglab.backbones.base import FeatureInfo
 from seglab.layers import DropPath, drop_path_rates
 from seglab.layers.init import init_weights
+from seglab.layers.mlp import Mlp
 
 # the additive mask value of the original code for token pairs of different shifted regions
 MASK_VALUE = -100.0
@@ -329,20 +330,6 @@ class WindowAttention(nn.Module):
         if not layout.single_window:
             out = out.index_select(1, order.scatter)  # (B, H*W, C), map order, padded slots dropped
         return self.proj_drop(self.proj(out))
-
-
-class Mlp(nn.Module):
-    """Linear -> GELU -> Linear, with dropout after each."""
-
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class SwinBlock(nn.Module):

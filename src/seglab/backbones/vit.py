@@ -35,6 +35,7 @@ from torch import nn
 from seglab.backbones.base import FeatureInfo
 from seglab.layers import DropPath, drop_path_rates
 from seglab.layers.init import init_weights
+from seglab.layers.mlp import Mlp
 
 INTERPOLATE_MODES = ("bicubic", "bilinear")
 
@@ -170,20 +171,6 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         out = out.transpose(1, 2).reshape(batch, length, dim)  # (B, heads, N, d) -> (B, N, C)
         return self.proj_drop(self.proj(out))
-
-
-class Mlp(nn.Module):
-    """Linear -> GELU -> Linear, with dropout after each."""
-
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class Block(nn.Module):
