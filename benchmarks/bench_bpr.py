@@ -5,11 +5,12 @@ boundaries, radii 30-150 px) and the real `bpr_hrnet18s` network (random weights
 milliseconds (median over `--runs`) and the share of `extract` (boundaries, proposals + NMS, crops), `network`
 (resizes, forward, softmax) and `paste`, from `refine`'s `timings`; plus the number of boundary pixels and patches.
 
-Part 2, scaling: one jagged disc of growing radius (so the number of boundary pixels n grows about linearly with
-the radius) in a 4096 x 4096 image; times the boundary scoring and the NMS of `propose_patches` separately and
-prints, between consecutive sizes, the ratio of n, the ratio of times and the exponent log(time ratio) / log(n
-ratio): about 1 is linear, 2 would be quadratic. The boundary scoring scans the instance's bounding box, whose area
-grows as n^2 for a disc; that is linear in the mask's pixels, which is shown too.
+Part 2, scaling: one jagged disc of growing radius (jagged alike at every radius, so the number of boundary
+pixels n grows linearly with the radius) in a 4096 x 4096 image; times the boundary scoring and the NMS of
+`propose_patches` separately, and the same NMS with `torchvision.ops.nms` (same result, asserted); prints, between
+consecutive sizes, the ratio of n, the ratio of times and the exponent log(time ratio) / log(n ratio): about 1 is
+linear, 2 would be quadratic. The boundary scoring reads the instance's bounding box (byte-wide sums), whose area
+grows as n^2 for a disc: linear in the mask's pixels, the input it must read; that ratio is shown too.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_bpr.py --threads 1 --runs 3
 """
@@ -23,17 +24,19 @@ import time
 
 import numpy as np
 import torch
+from torchvision.ops import nms
 
 from seglab.instance import build_bpr, normalize_image, propose_patches, refine
 from seglab.instance.bpr import NMS_IOU_INFERENCE, PATCH_SIZE, TIMING_KEYS, _instance_boundary, _nms_points
 
 
 def jagged_instance(height: int, width: int, cy: float, cx: float, radius: float, rng: np.random.Generator,
-                    lobes: int = 0) -> torch.Tensor:
-    """(H, W) bool mask of a star-shaped region r(theta) <= R (1 + smooth lobes + per-degree jitter), drawn on its
-    bounding box only (vectorised)."""
-    angles = 360
-    jitter = rng.uniform(-0.06, 0.06, angles)  # jagged boundary: a new radius every degree
+                    lobes: int = 0, angles: int = 360, jitter_px: float | None = None) -> torch.Tensor:
+    """(H, W) bool mask of a star-shaped region r(theta) <= R (1 + smooth lobes + jitter), drawn on its bounding
+    box only (vectorised). The jitter draws a new radius every 360 / `angles` degrees, by up to 6 % of R, or by up
+    to `jitter_px` pixels when given."""
+    amplitude = 0.06 if jitter_px is None else jitter_px / radius
+    jitter = rng.uniform(-amplitude, amplitude, angles)  # jagged boundary
     smooth = np.zeros(angles)
     t = np.linspace(0, 2 * math.pi, angles, endpoint=False)
     if lobes:
@@ -47,7 +50,7 @@ def jagged_instance(height: int, width: int, cy: float, cx: float, radius: float
         return mask
     ys = torch.arange(y0, y1, dtype=torch.float32)[:, None] - cy
     xs = torch.arange(x0, x1, dtype=torch.float32)[None, :] - cx
-    theta = torch.rad2deg(torch.atan2(ys, xs)).remainder(360).long().clamp(max=angles - 1)
+    theta = (torch.atan2(ys, xs).remainder(2 * math.pi) * (angles / (2 * math.pi))).long().clamp(max=angles - 1)
     mask[y0:y1, x0:x1] = torch.hypot(ys, xs) <= r_of_theta[theta]
     return mask
 
@@ -98,16 +101,30 @@ def bench_refine(args: argparse.Namespace) -> None:
     print(f"per patch {1000 * median / max(boxes.shape[0], 1):.2f} ms")
 
 
+def torchvision_nms(ys: torch.Tensor, xs: torch.Tensor, scores: torch.Tensor, patch_size: int,
+                    nms_iou: float) -> torch.Tensor:
+    """The same greedy NMS with `torchvision.ops.nms` (score descending, then raster order via the rank), for
+    comparison: it compares every kept box with all remaining ones, O(n * kept)."""
+    n = ys.numel()
+    order = torch.sort(scores, descending=True, stable=True).indices
+    rank_score = torch.empty(n)
+    rank_score[order] = torch.arange(n, 0, -1, dtype=torch.float32)
+    boxes = torch.stack([xs, ys, xs + patch_size, ys + patch_size], dim=1).float()
+    return nms(boxes, rank_score, nms_iou)
+
+
 def bench_scaling(args: argparse.Namespace) -> None:
     side = args.scaling_side
     rng = np.random.default_rng(args.seed)
     print(f"\nscaling: one jagged disc in a {side}x{side} image, P {args.patch_size}, NMS {args.nms_iou}")
-    print("| radius | mask px | boundary px n | kept | boundary ms | NMS ms | proposal total ms |")
-    print("|---|---|---|---|---|---|---|")
+    print("| radius | mask px | boundary px n | kept | boundary ms | NMS ms | proposal total ms | torchvision NMS ms |")
+    print("|---|---|---|---|---|---|---|---|")
     rows = []
     for radius in args.radii:
-        mask = jagged_instance(side, side, side / 2, side / 2, radius, rng)
-        best = [math.inf, math.inf, math.inf]
+        # locally alike at every size: a new radius every ~8 px of arc, jitter up to 6 px
+        angles = max(int(2 * math.pi * radius / 8), 8)
+        mask = jagged_instance(side, side, side / 2, side / 2, radius, rng, angles=angles, jitter_px=6.0)
+        best = [math.inf, math.inf, math.inf, math.inf]
         for _ in range(args.scaling_runs):
             t0 = time.perf_counter()
             ys, xs, scores = _instance_boundary(mask)
@@ -116,17 +133,20 @@ def bench_scaling(args: argparse.Namespace) -> None:
             t2 = time.perf_counter()
             propose_patches(mask[None], args.patch_size, args.nms_iou)
             t3 = time.perf_counter()
-            best = [min(best[0], t1 - t0), min(best[1], t2 - t1), min(best[2], t3 - t2)]
+            reference = torchvision_nms(ys, xs, scores, args.patch_size, args.nms_iou)
+            t4 = time.perf_counter()
+            assert torch.equal(reference, keep), "local NMS differs from torchvision's"
+            best = [min(best[0], t1 - t0), min(best[1], t2 - t1), min(best[2], t3 - t2), min(best[3], t4 - t3)]
         n = int(ys.numel())
         rows.append((radius, int(mask.sum()), n, int(keep.numel()), *best))
         print(f"| {radius} | {int(mask.sum())} | {n} | {int(keep.numel())} | {1000 * best[0]:.2f} | "
-              f"{1000 * best[1]:.2f} | {1000 * best[2]:.2f} |")
+              f"{1000 * best[1]:.2f} | {1000 * best[2]:.2f} | {1000 * best[3]:.2f} |")
     print("\nbetween consecutive sizes: n ratio, time ratios and exponent log(t ratio) / log(n ratio) "
           "(1 linear, 2 quadratic)")
     for a, b in zip(rows, rows[1:], strict=False):
         rn = b[2] / a[2]
         cells = []
-        for name, i in (("boundary", 4), ("NMS", 5), ("proposal", 6)):
+        for name, i in (("boundary", 4), ("NMS", 5), ("proposal", 6), ("torchvision NMS", 7)):
             rt = b[i] / a[i]
             cells.append(f"{name} x{rt:.2f} (exp {math.log(rt) / math.log(rn):.2f})")
         print(f"r {a[0]} -> {b[0]}: n x{rn:.2f}, mask px x{b[1] / a[1]:.2f}; " + "; ".join(cells))

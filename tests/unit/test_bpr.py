@@ -3,9 +3,11 @@ the training patch set and step, on hand-made cases with known answers."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import batched_nms
 
 from seglab.instance import (
     BPRNet,
@@ -72,6 +74,27 @@ def test_nms_on_a_straight_line_keeps_every_fifth_box():
     scores[2] = 2.0
     keep = _nms_points(ys, xs, scores, torch.zeros_like(xs), 16, 0.55)
     assert sorted(xs[keep].tolist())[:3] == [2, 7, 12]
+
+
+@pytest.mark.parametrize(("patch_size", "nms_iou"), [(16, 0.55), (16, 0.25), (64, 0.55), (10, 0.7)])
+def test_local_nms_equals_torchvision_batched_nms(patch_size, nms_iou):
+    # random points in clusters (dense, like contours), three groups with overlapping positions, few distinct scores
+    g = torch.Generator().manual_seed(patch_size + int(nms_iou * 100))
+    centres = torch.randint(0, 300, (12, 2), generator=g)
+    pts = centres.repeat_interleave(150, dim=0) + torch.randint(-40, 41, (1800, 2), generator=g)
+    pts = pts.clamp(min=0)
+    ys, xs = pts[:, 0], pts[:, 1]
+    scores = torch.randint(1, 5, (1800,), generator=g).float() / 4.5
+    groups = torch.randint(0, 3, (1800,), generator=g)
+    keep = _nms_points(ys, xs, scores, groups, patch_size, nms_iou)
+    # torchvision with the same fixed order: the rank (score descending, then index) as score
+    order = torch.sort(scores, descending=True, stable=True).indices
+    rank_score = torch.empty(1800)
+    rank_score[order] = torch.arange(1800, 0, -1, dtype=torch.float32)
+    boxes = torch.stack([xs, ys, xs + patch_size, ys + patch_size], dim=1).float()
+    expected = batched_nms(boxes, rank_score, groups, nms_iou)
+    assert 50 < keep.numel() < 1800
+    assert torch.equal(keep, expected)
 
 
 def test_move_back_follows_official_rule():
