@@ -143,7 +143,10 @@ def bench_scaling(args: argparse.Namespace) -> None:
               f"{1000 * best[1]:.2f} | {1000 * best[2]:.2f} | {1000 * best[3]:.2f} |")
     print("\nbetween consecutive sizes: n ratio, time ratios and exponent log(t ratio) / log(n ratio) "
           "(1 linear, 2 quadratic)")
-    for a, b in zip(rows, rows[1:], strict=False):
+    pairs = list(zip(rows, rows[1:], strict=False))
+    if len(rows) > 2:  # the end points too: one exponent over the whole range, less noisy than the steps
+        pairs.append((rows[0], rows[-1]))
+    for a, b in pairs:
         rn = b[2] / a[2]
         cells = []
         for name, i in (("boundary", 4), ("NMS", 5), ("proposal", 6), ("torchvision NMS", 7)):

@@ -54,12 +54,16 @@ def train_detector(args: argparse.Namespace, train_set: CocoInstances, log) -> t
     from seglab.instance.mask_rcnn import build_mask_rcnn  # the instance package's Mask R-CNN (lazy: heavy import)
 
     torch.manual_seed(args.seed)
+    extra = {} if args.anchor_sizes is None else {"anchor_sizes": tuple(args.anchor_sizes)}
     model = build_mask_rcnn(args.det_model, train_set.num_classes, min_size=args.det_size, max_size=args.det_size,
-                            frozen_bn=False, trainable_layers=5)
+                            frozen_bn=False, trainable_layers=5, **extra)
     # torchvision's RoI sampler draws 512 RoIs per image by default; fewer keep CPU steps short on small images
     model.roi_heads.fg_bg_sampler.batch_size_per_image = args.roi_batch
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=args.det_lr, momentum=0.9, weight_decay=1e-4)
+    if args.det_optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=args.det_lr, weight_decay=1e-4)
+    else:
+        optimizer = torch.optim.SGD(params, lr=args.det_lr, momentum=0.9, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(args.seed)
     train_set.transforms = RandomHorizontalFlip(0.5, generator)
     warmup = min(args.det_warmup, args.det_iters)
@@ -177,6 +181,9 @@ def main() -> None:
     parser.add_argument("--det-iters", type=int, default=300)
     parser.add_argument("--det-batch", type=int, default=2)
     parser.add_argument("--det-lr", type=float, default=0.02)
+    parser.add_argument("--det-optimizer", choices=("sgd", "adamw"), default="sgd")
+    parser.add_argument("--anchor-sizes", type=int, nargs=5, default=None,
+                        help="RPN anchor sides per FPN level (default torchvision's 32..512)")
     parser.add_argument("--det-warmup", type=int, default=50)
     parser.add_argument("--roi-batch", type=int, default=64)
     parser.add_argument("--bpr-variant", default="bpr_hrnet18s")

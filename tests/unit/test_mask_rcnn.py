@@ -73,6 +73,18 @@ def test_options_are_checked():
         build_mask_rcnn("mask_rcnn_r18")
     with pytest.raises(ValueError, match="0..5"):
         build_mask_rcnn("mask_rcnn_r50_fpn", trainable_layers=6)
+    with pytest.raises(ValueError, match="anchor_sizes must be 5 positive integers"):
+        build_mask_rcnn("mask_rcnn_r50_fpn", anchor_sizes=[16, 32, 64])
+
+
+def test_anchor_sizes_reach_the_rpn():
+    # a YAML list arrives as a list; the RPN then proposes anchors of those sides (3 aspect ratios per level)
+    model = build_mask_rcnn("mask_rcnn_r50_fpn", 7, anchor_sizes=[8, 16, 32, 64, 128], min_size=64, max_size=64)
+    assert model.rpn.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
+    assert model.rpn.anchor_generator.num_anchors_per_location() == [3] * 5
+    assert model.model_overrides["anchor_sizes"] == [8, 16, 32, 64, 128]  # recorded for the checkpoint as given
+    default = build_mask_rcnn("mask_rcnn_r50_fpn", 7)
+    assert default.rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
 
 
 def test_predict_instances_types_and_shapes():

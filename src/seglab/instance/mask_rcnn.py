@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -43,6 +44,8 @@ from seglab.metrics_instance import coco_evaluate, masks_to_predictions
 MASK_THRESHOLD = 0.5  # mask probability above which a pixel belongs to the instance (torchvision / detectron2)
 # ResNet stages from the top, torchvision's `_resnet_fpn_extractor` order (all 5 also train the stem's bn1)
 _RESNET_STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
+_FPN_LEVELS = 5  # "0".."3" and "pool" in every variant
+_ASPECT_RATIOS = (0.5, 1.0, 2.0)  # torchvision's RPN default
 
 
 class SwinFPN(nn.Module):
@@ -113,6 +116,9 @@ class MaskRCNNOptions:
         box_detections_per_img: at most this many detections per image at inference.
         box_batch_size_per_image: RoIs sampled per image to train the box and mask heads (torchvision and
             detectron2: 512); fewer make tiny CPU runs fast.
+        anchor_sizes: RPN anchor side per FPN level, 5 values (strides 4-64; aspect ratios 0.5, 1, 2 at each).
+            None: torchvision's (32, 64, 128, 256, 512), which suit COCO-sized objects; small images with small
+            objects need smaller anchors, or the RPN finds almost no positive anchors.
     """
 
     min_size: int | tuple[int, ...] = 800
@@ -122,6 +128,7 @@ class MaskRCNNOptions:
     box_score_thresh: float = 0.05
     box_detections_per_img: int = 100
     box_batch_size_per_image: int = 512
+    anchor_sizes: tuple[int, ...] | None = None
 
 
 def resolve_mask_rcnn_options(overrides: dict[str, Any]) -> MaskRCNNOptions:
@@ -131,11 +138,16 @@ def resolve_mask_rcnn_options(overrides: dict[str, Any]) -> MaskRCNNOptions:
     if unknown:
         raise ValueError(f"unknown Mask R-CNN option(s) {unknown} (model.overrides); valid: {', '.join(names)}")
     values = dict(overrides)
-    if isinstance(values.get("min_size"), list):
-        values["min_size"] = tuple(values["min_size"])
+    for key in ("min_size", "anchor_sizes"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
     options = MaskRCNNOptions(**values)
     if not 0 <= options.trainable_layers <= 5:
         raise ValueError(f"model.overrides.trainable_layers must lie in 0..5, got {options.trainable_layers}")
+    sizes = options.anchor_sizes
+    if sizes is not None and (len(sizes) != _FPN_LEVELS or any(int(v) != v or v <= 0 for v in sizes)):
+        raise ValueError(f"model.overrides.anchor_sizes must be {_FPN_LEVELS} positive integers (one per FPN level, "
+                         f"strides 4-64), got {list(sizes)}")
     return options
 
 
@@ -173,12 +185,16 @@ def build_mask_rcnn(name: str = "mask_rcnn_r50_fpn", num_classes: int = 91, **ov
     variant = MASK_RCNN_VARIANTS[name]
     if not variant.resnet and {"frozen_bn", "trainable_layers"} & set(overrides):
         raise ValueError(f"{name}: frozen_bn and trainable_layers apply to ResNet bodies only")
+    extra: dict[str, Any] = {}
+    if options.anchor_sizes is not None:
+        extra["rpn_anchor_generator"] = AnchorGenerator(tuple((int(v),) for v in options.anchor_sizes),
+                                                        (_ASPECT_RATIOS,) * _FPN_LEVELS)
     # weights=None: torchvision then ignores trainable_backbone_layers and uses trainable BN; both are set below
     model = variant.factory(
         weights=None, weights_backbone=None, num_classes=num_classes, min_size=options.min_size,
         max_size=options.max_size, box_score_thresh=options.box_score_thresh,
         box_detections_per_img=options.box_detections_per_img,
-        box_batch_size_per_image=options.box_batch_size_per_image)
+        box_batch_size_per_image=options.box_batch_size_per_image, **extra)
     if variant.resnet:
         body = model.backbone.body
         if options.frozen_bn:
