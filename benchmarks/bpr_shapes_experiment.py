@@ -4,9 +4,9 @@ and after refinement (issue 9, must-have 5).
 Steps (all on CPU, seeded):
 1. `generate_shapes_instances` writes `--n-train` / `--n-val` images of `--size` px (COCO JSON + PNG).
 2. Mask R-CNN (`seglab.instance.mask_rcnn.build_mask_rcnn`, torchvision's model, random init: no pretrained
-   weights are available offline, so trainable BatchNorm and all ResNet stages train) is trained with a plain SGD
-   loop here (momentum 0.9, weight decay 1e-4, linear warm-up, step decay at 75 %, gradient-norm clip, random
-   horizontal flips, `--det-batch` images per step).
+   weights are available offline, so trainable BatchNorm and all ResNet stages train) is trained with a plain loop
+   here: SGD (momentum 0.9) or AdamW (`--det-optimizer`), weight decay 1e-4, linear warm-up, step decay at 75 %,
+   gradient-norm clip, random horizontal flips, `--det-batch` images per step; `--anchor-sizes` sets the RPN's.
 3. Its predictions (`predict_instances`) on the training images are the coarse masks for BPR; on the validation
    images they are the masks to refine.
 4. BPR (`train_bpr`: official sampling, IoU > 0.5 filter, dataset NMS 0.25, SGD 0.01 / 0.9 / 5e-4 with poly 0.9,
@@ -22,10 +22,14 @@ back at twice its scale, so the coarse boundaries have something for BPR to fix 
 would nearly match the small synthetic objects). Deviation from the official BPR setup, because the synthetic
 images are small: the patch size is `--patch-size` (default 32 px on 256 px images instead of 64 px on
 1024 x 2048) and the network input `--input-size` keeps the official 1:2 patch-to-input ratio (64 instead of 128).
-Defaults are sized for roughly 20 minutes on 2 CPU cores
-(not measured end to end here; only a smoke test with tiny settings was run).
+The defaults take about 20 minutes on 2 CPU cores, but the detector they train barely detects (mask AP 0.3):
+torchvision's default anchors (32-512 px) are too large for these objects at 128 px. The run recorded in
+docs/benchmarks.md (58 minutes: mask AP 6.3 -> 7.0, Boundary AP 2.7 -> 3.8 after BPR) is the second command.
 
     OMP_NUM_THREADS=2 python benchmarks/bpr_shapes_experiment.py --threads 2 --work-dir runs/bpr_shapes
+    OMP_NUM_THREADS=2 python benchmarks/bpr_shapes_experiment.py --threads 2 --work-dir runs/bpr_shapes \
+        --n-train 96 --n-val 16 --det-iters 900 --det-optimizer adamw --det-lr 2e-4 --det-warmup 20 \
+        --anchor-sizes 16 32 64 128 256 --bpr-iters 400 --log-every 50
     # smoke test:
     python benchmarks/bpr_shapes_experiment.py --n-train 4 --n-val 2 --size 96 --det-size 96 --det-iters 2 --bpr-iters 2
     python benchmarks/bpr_shapes_experiment.py --coarse-source gt_grid --n-train 4 --n-val 2 --size 96 --bpr-iters 2
