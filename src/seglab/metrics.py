@@ -9,6 +9,9 @@ mPrecision, mRecall (means over classes) and aAcc (pixel accuracy). The semantic
   class absent from both target and prediction (a class only predicted has IoU 0 and counts), Acc and Recall
   are NaN for a class absent from the target, Precision for a class never predicted;
 - the means are over the classes, from counts summed over the whole dataset (not per-image averages).
+
+Instance metrics (COCO mask and box AP through pycocotools, Boundary IoU and Boundary AP) are in
+`seglab.metrics_instance`.
 """
 
 from __future__ import annotations
