@@ -1,11 +1,12 @@
-# The two commands: `make demo` and `make test`. Each sets up .venv (idempotent) first.
+# The two commands: `make demo` and `make test` (`make test-all`: the rest of the suite). Each sets up .venv
+# (idempotent) first.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP_BASE := $(VENV)/.stamp-base
 STAMP_TEST := $(VENV)/.stamp-test
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-all venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +25,12 @@ venv: $(STAMP_BASE)
 demo: $(STAMP_BASE)
 	$(VENV)/bin/seglab demo --out work_dirs/demo
 
+# the fast tier (README's test command); `test-all` runs the rest: slow tests and the mmsegmentation comparisons
 test: $(STAMP_TEST)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow and not mmseg"
+
+test-all: $(STAMP_TEST)
+	$(PY) -m pytest -q -m "slow or mmseg"
 
 clean:
 	rm -rf work_dirs .pytest_cache

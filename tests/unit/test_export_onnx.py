@@ -33,6 +33,8 @@ ONNX_MODELS: list[tuple[str, dict]] = [
     ("segmenter_vit_s_linear", {"img_size": 32}),
     ("maskformer_r50", {}),  # the semantic path: softmax(class)[..., :-1] x sigmoid(mask), summed over queries
 ]
+# exported in the fast tier; the others (10-100 s each to export) run in `make test-all`
+FAST_ONNX_MODELS = ("segformer_b0", "fcn_hrnetv2_w18s_v1", "segmenter_vit_t", "segmenter_vit_s_linear")
 EXPORT_SIZE = (64, 64)
 CHECK_SIZES = [(2, (64, 96)), (1, (77, 50))]
 TOLERANCE = 1e-4
@@ -43,7 +45,8 @@ def _build(name: str, overrides: dict) -> torch.nn.Module:
     return seglab.create_model(name, num_classes=6, **overrides).eval()
 
 
-@pytest.fixture(scope="module", params=ONNX_MODELS, ids=[name for name, _ in ONNX_MODELS])
+@pytest.fixture(scope="module", params=[
+    pytest.param(m, id=m[0], marks=() if m[0] in FAST_ONNX_MODELS else pytest.mark.slow) for m in ONNX_MODELS])
 def exported(request, tmp_path_factory):
     name, overrides = request.param
     model = _build(name, overrides)
