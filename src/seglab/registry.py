@@ -76,19 +76,33 @@ def resolve_options(name: str, overrides: dict[str, Any]):
 def create_model(
     name: str, num_classes: int | None = None, checkpoint: str | Path | None = None, **overrides: Any
 ) -> nn.Module:
-    """Builds a registered model, optionally loading a seglab checkpoint.
+    """Builds a registered model, optionally loading a checkpoint.
 
     Args:
         name: a name from `list_models()`.
         num_classes: output classes; default the checkpoint's, else the model's default.
-        checkpoint: a seglab safetensors file; its recorded `num_classes` and overrides apply unless given here.
+        checkpoint: a seglab safetensors file, whose recorded `num_classes` and overrides apply unless given here; or
+            a plain state dict of this model with seglab's key names (a `.safetensors` without seglab metadata, a
+            `.pth` / `.pt` read with `torch.load(weights_only=True)`): the model gets its default options and, unless
+            `num_classes` is given, the class count read from the file's classifier, reported as a
+            `seglab.engine.checkpoint.CheckpointNote` warning.
         **overrides: constructor options of the model (see `seglab info NAME`).
     """
-    from seglab.engine.checkpoint import load_model_weights, read_checkpoint_meta
+    import warnings
+
+    from seglab.engine.checkpoint import (
+        CheckpointNote,
+        checkpoint_meta,
+        infer_num_classes,
+        load_model_weights,
+        load_state_dict,
+    )
 
     kwargs: dict[str, Any] = {}
+    meta = state = None
     if checkpoint is not None:
-        meta = read_checkpoint_meta(checkpoint)
+        meta = checkpoint_meta(checkpoint)
+    if meta is not None:
         if meta.model != name:
             raise ValueError(f"checkpoint {checkpoint} was made for model {meta.model!r}, not {name!r}")
         if meta.extra.get("backbone_only") == "true":
@@ -101,9 +115,18 @@ def create_model(
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     entry = get_entry(name)
+    if checkpoint is not None and meta is None:  # a plain state dict: seglab's key names, no metadata
+        state = load_state_dict(checkpoint)
+        if "num_classes" not in kwargs:
+            resolve_options(name, kwargs)  # unknown overrides fail here, before the meta-device builds
+            inferred = infer_num_classes(name, state, kwargs, origin=str(checkpoint))
+            if inferred is not None:
+                kwargs["num_classes"] = inferred[0]
+                warnings.warn(f"{checkpoint}: {inferred[1]} (a plain state dict without seglab metadata)",
+                              CheckpointNote, stacklevel=2)
     model = entry.build(resolve_options(name, kwargs))
     model.model_name = name
     model.model_overrides = {k: v for k, v in kwargs.items() if k != "num_classes"}
     if checkpoint is not None:
-        load_model_weights(model, checkpoint)
+        load_model_weights(model, checkpoint, state=state)
     return model

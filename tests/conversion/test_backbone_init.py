@@ -225,7 +225,7 @@ def test_maskformer_backbone_from_torchvision_resnet(resnet50):
         convert_checkpoint(resnet50, "official", "maskformer_r101")
     with pytest.raises(ValueError, match="not understood.*layer5.0.conv1.weight"):
         convert_checkpoint({**resnet50, "layer5.0.conv1.weight": torch.zeros(1)}, "official", "maskformer_r50")
-    with pytest.raises(ValueError, match=r"expected an official Swin ImageNet checkpoint"):
+    with pytest.raises(ValueError, match=r"expected an ImageNet Swin checkpoint"):
         convert_checkpoint(resnet50, "official", "maskformer_swin_t")
 
 

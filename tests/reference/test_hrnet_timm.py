@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from testkit import compare
 from torch import nn
 
 import seglab.models.hrnet  # noqa: F401  (registers the fcn_hrnetv2_* models)
@@ -66,10 +67,35 @@ def test_backbone_matches_timm(timm_name: str, variant: str) -> None:
         expected, got = reference(x), ours(x)
     assert len(got) == 4
     for level, (e, g) in enumerate(zip(expected, got, strict=True)):
-        assert g.shape == e.shape, level
         assert e.abs().max() > 1.0  # a real signal, not a collapsed one
-        diff = (g - e).abs().max().item()
-        assert diff <= 1e-4, f"{timm_name} branch {level}: max abs diff {diff}"
+        compare(g, e, pair=f"hrnet/timm {timm_name} {INPUT_SIZE} branch {level}")
+
+
+@torch.no_grad()
+def test_timm_classifier_as_pretrained_backbone(tmp_path) -> None:
+    """The whole timm ImageNet classifier (`hrnet_w18_small`, head included) as a recipe's `model.pretrained`:
+    converted to backbone-only weights of `fcn_hrnetv2_w18s_v1`, written as `seglab convert` writes them and loaded
+    by the run's loader into the model built with the result's overrides; the backbone reproduces timm's features.
+    `seglab convert --source official` takes the file (HRNet-Image-Classification's layout, which timm keeps)."""
+    from seglab.engine.checkpoint import save_weights
+    from seglab.engine.run import load_backbone_weights
+
+    generator = torch.Generator().manual_seed(2)
+    classifier = timm.create_model("hrnet_w18_small", pretrained=False)
+    randomize_batchnorm(classifier, generator)
+    result = convert_checkpoint(classifier.state_dict(), "official", "fcn_hrnetv2_w18s_v1")
+    assert result.backbone_only and result.num_classes is None
+    save_weights(tmp_path / "hrnet_w18s_v1.safetensors", result.state_dict, "fcn_hrnetv2_w18s_v1", None,
+                 result.overrides, extra={"backbone_only": "true"})
+    ours = create_model("fcn_hrnetv2_w18s_v1", num_classes=5, **result.overrides).eval()
+    load_backbone_weights(ours, tmp_path / "hrnet_w18s_v1.safetensors")
+    reference = timm_features("hrnet_w18_small")
+    reference.load_state_dict({k: v for k, v in classifier.state_dict().items() if k in reference.state_dict()},
+                              strict=True)
+    x = torch.randn(1, 3, *INPUT_SIZE, generator=generator)
+    for level, (g, e) in enumerate(zip(ours.backbone(x), reference.eval()(x), strict=True)):
+        assert e.abs().max() > 1.0
+        compare(g, e, pair=f"fcn_hrnetv2/timm hrnet_w18_small (model.pretrained) branch {level}")
 
 
 def test_timm_classification_head_is_dropped_and_unknown_keys_refused() -> None:
@@ -128,10 +154,10 @@ def test_official_w48_manifest_converts() -> None:
     state = {k: torch.zeros(shape) for k, shape in manifest.items()}
     result = convert_hrnet_official(state, "fcn_hrnetv2_w48")
     assert result.num_classes == 19
-    assert result.overrides["align_corners"] is True and result.overrides["fuse_upsample"] == "bilinear"
+    assert result.overrides["align_corners"] is False and result.overrides["fuse_upsample"] == "bilinear"
     assert result.dropped == ["loss.criterion.weight"]
-    # checkpoints of the older code (bilinear without align_corners) are told apart by the caller only
-    assert convert_hrnet_official(state, "fcn_hrnetv2_w48", align_corners=False).overrides["align_corners"] is False
+    # the HRNet-OCR branch's ADE20K / COCO-Stuff files (same keys) are told apart by the caller only
+    assert convert_hrnet_official(state, "fcn_hrnetv2_w48", align_corners=True).overrides["align_corners"] is True
     with torch.device("meta"):
         model = create_model("fcn_hrnetv2_w48", num_classes=19, **result.overrides)
     expected = model.state_dict()
@@ -172,7 +198,7 @@ def to_official(key: str) -> str:
 
 def test_official_round_trip_w18s_v1() -> None:
     generator = torch.Generator().manual_seed(1)
-    model = create_model("fcn_hrnetv2_w18s_v1", num_classes=7)
+    model = create_model("fcn_hrnetv2_w18s_v1", num_classes=7, align_corners=False)  # the converter's default
     randomize_batchnorm(model.backbone, generator)
     with torch.no_grad():
         for p in model.decode_head.parameters():
@@ -220,7 +246,7 @@ def test_mmseg_manifest_converts(timm_name: str, model_name: str) -> None:
              for k, shape in mmseg_manifest(timm_name, 150).items()}
     result = convert_checkpoint(state, "mmseg", model_name)
     assert result.num_classes == 150 and result.dropped == []
-    assert result.overrides == {"align_corners": False, "fuse_upsample": "nearest", "head_conv_bias": False}
+    assert result.overrides == {"align_corners": False, "fuse_upsample": "bilinear_scale", "head_conv_bias": False}
     model = create_model(model_name, num_classes=150, **result.overrides)
     model.load_state_dict(result.state_dict, strict=True)
     assert torch.equal(model.decode_head.fuse.conv.weight, state["decode_head.convs.0.conv.weight"])

@@ -1,19 +1,28 @@
-"""SegFormer B0 / B2 against Hugging Face transformers with the same random weights (converted by `seglab.convert`)."""
+"""SegFormer against Hugging Face transformers with the same random weights (converted by `seglab.convert`, source `hf`).
+
+Whole models (`SegformerForSemanticSegmentation`, B0 and B2 shapes) compare stage features and logits; the ImageNet
+encoders (`nvidia/mit-b*` style: `SegformerForImageClassification` as the hub stores it, and a bare `SegformerModel`)
+convert to backbone-only weights that go through `model.pretrained`'s loader and must reproduce HF's hidden states.
+Every parameter, BN statistic and LayerNorm affine is random (`testkit.randomize_`); 75x93 is odd on both sides.
+"""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from testkit import compare, randomize_
 from torch import nn
 
 from seglab import create_model
 from seglab.convert import convert_checkpoint
+from seglab.engine.checkpoint import save_weights
+from seglab.engine.run import load_backbone_weights
 
 transformers = pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.reference
+
+INPUT_SIZE = (75, 93)  # stages 19x24, 10x12, 5x6, 3x3: every overlapping patch embedding pads unevenly
 
 # the published nvidia/segformer-b* configurations
 HF_CONFIGS = {
@@ -22,34 +31,22 @@ HF_CONFIGS = {
 }
 
 
-def _randomize(model: nn.Module, seed: int) -> None:
-    """Random values everywhere, BN running statistics included, so that no term is trivially zero or one."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
-            elif name.endswith(("bias", "running_mean")):
-                t.copy_(0.1 * torch.randn(t.shape, generator=gen))
-            elif t.ndim == 1:  # LayerNorm / BatchNorm scale
-                t.copy_(1.0 + 0.2 * torch.randn(t.shape, generator=gen))
-            else:
-                t.copy_(torch.randn(t.shape, generator=gen) / math.sqrt(math.prod(t.shape[1:])))
+def _config(model_name: str, num_labels: int):
+    return transformers.SegformerConfig(num_labels=num_labels, num_attention_heads=[1, 2, 5, 8], sr_ratios=[8, 4, 2, 1],
+                                        **HF_CONFIGS[model_name])
 
 
 def _hf_model(model_name: str, num_labels: int, seed: int) -> nn.Module:
-    config = transformers.SegformerConfig(
-        num_labels=num_labels, num_attention_heads=[1, 2, 5, 8], sr_ratios=[8, 4, 2, 1], **HF_CONFIGS[model_name]
-    )
-    model = transformers.SegformerForSemanticSegmentation(config).eval()
-    _randomize(model, seed)
-    return model
+    model = transformers.SegformerForSemanticSegmentation(_config(model_name, num_labels)).eval()
+    return randomize_(model, seed)
 
 
 def _layer_norm_eps(model: nn.Module) -> set[float]:
     return {m.eps for m in model.modules() if isinstance(m, nn.LayerNorm)}
+
+
+def _image(seed: int = 0) -> torch.Tensor:
+    return torch.randn(1, 3, *INPUT_SIZE, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("model_name", ["segformer_b0", "segformer_b2"])
@@ -62,14 +59,14 @@ def test_logits_match_transformers(model_name):
     ours.load_state_dict(result.state_dict, strict=True)
     assert _layer_norm_eps(ours) == _layer_norm_eps(hf)
 
-    x = torch.randn(1, 3, 100, 140)  # non-square, sides not multiples of 32
+    x = _image()
     hf_out = hf(pixel_values=x, output_hidden_states=True)
     for stage, (a, b) in enumerate(zip(ours.backbone(x), hf_out.hidden_states, strict=True)):
-        assert a.shape == b.shape, f"stage {stage}"
-        assert (a - b).abs().max().item() <= 1e-4, f"stage {stage} differs"
+        compare(a, b, pair=f"segformer/hf {model_name} stage {stage}")
     logits = ours(x)
-    assert logits.shape == hf_out.logits.shape == (1, 11, 25, 35)
-    assert (logits - hf_out.logits).abs().max().item() <= 1e-4
+    assert logits.shape == hf_out.logits.shape == (1, 11, 19, 24)
+    assert hf_out.logits.std() > 0.1
+    compare(logits, hf_out.logits, pair=f"segformer/hf {model_name} logits")
 
 
 def test_hub_layout_file_converts_like_the_module_layout(tmp_path):
@@ -81,3 +78,39 @@ def test_hub_layout_file_converts_like_the_module_layout(tmp_path):
     assert from_file.state_dict.keys() == from_module.state_dict.keys()
     for key, value in from_module.state_dict.items():
         assert torch.equal(from_file.state_dict[key], value), key
+
+
+# --- ImageNet encoders (nvidia/mit-b*) as backbone-only weights ----------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["hub_classifier_file", "segformer_model"])
+@torch.no_grad()
+def test_imagenet_encoder_converts_to_pretrained_backbone(layout, tmp_path):
+    """`nvidia/mit-b0` is a `SegformerForImageClassification` (`segformer.encoder.*` + `classifier.*` in the hub
+    file); a bare `SegformerModel` has the encoder alone under its module names. Both convert to `backbone.*` keys,
+    are written as `seglab convert` writes them and loaded by `model.pretrained`'s loader into `segformer_b0`."""
+    config = _config("segformer_b0", num_labels=1000)
+    if layout == "hub_classifier_file":
+        classifier = randomize_(transformers.SegformerForImageClassification(config).eval(), seed=5)
+        classifier.save_pretrained(tmp_path / "mit-b0")
+        src, encoder = tmp_path / "mit-b0" / "model.safetensors", classifier.segformer
+    else:
+        encoder = randomize_(transformers.SegformerModel(config).eval(), seed=6)
+        src = encoder.state_dict()
+    result = convert_checkpoint(src, "hf", "segformer_b0")
+    assert result.backbone_only and result.num_classes is None
+    assert sorted(result.dropped) == (["classifier.bias", "classifier.weight"] if layout == "hub_classifier_file"
+                                      else [])
+    assert all(k.startswith("backbone.") for k in result.state_dict)
+    save_weights(tmp_path / "mit_b0.safetensors", result.state_dict, "segformer_b0", None, result.overrides,
+                 extra={"converted_from": "hf", "backbone_only": "true"})
+
+    ours = create_model("segformer_b0", num_classes=19, **result.overrides).eval()
+    load_backbone_weights(ours, tmp_path / "mit_b0.safetensors")
+    x = _image(1)
+    expected = encoder(pixel_values=x, output_hidden_states=True).hidden_states
+    actual = ours.backbone(x)
+    assert len(actual) == len(expected) == 4
+    assert expected[-1].std() > 0.1
+    for stage, (a, e) in enumerate(zip(actual, expected, strict=True)):
+        compare(a, e, pair=f"segformer/hf mit-b0 backbone ({layout}) stage {stage}")

@@ -20,6 +20,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from testkit import compare
 from torch import nn
 
 from seglab.backbones.swin import SWIN_CONFIGS, SwinTransformer
@@ -95,9 +96,7 @@ def test_features_match_timm(size):
         norm = ours.out_norms[str(i)]
         e = F.layer_norm(e, norm.normalized_shape, norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
         assert a.shape == e.shape == (1, 96 * 2**i, math.ceil(size[0] / 4 / 2**i), math.ceil(size[1] / 4 / 2**i))
-        diff = (a - e).abs().max().item()
-        print(f"{size} stage {i}: max abs diff {diff:.3e}")
-        assert diff <= 1e-4, f"stage {i} differs from timm by {diff}"
+        compare(a, e, pair=f"swin/timm swin_tiny_patch4_window7_224 {size} stage {i}")
 
 
 def test_timm_state_dict_converts_key_for_key():
@@ -134,10 +133,7 @@ def test_features_match_transformers_on_padded_sizes():
     expected = reference(image).feature_maps
     actual = ours(image)
     for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
-        assert a.shape == e.shape
-        diff = (a - e).abs().max().item()
-        print(f"(260, 292) vs transformers, stage {i}: max abs diff {diff:.3e}")
-        assert diff <= 1e-4, f"stage {i} differs from transformers by {diff}"
+        compare(a, e, pair=f"swin/hf SwinBackbone (260, 292) stage {i}")
 
 
 def test_transformers_4x_names_convert_like_5x():
@@ -162,3 +158,34 @@ def test_transformers_4x_names_convert_like_5x():
     qkv = new["backbone.stages.1.blocks.1.attn.qkv.weight"]
     assert qkv.shape == (96, 32)
     assert torch.equal(qkv[32:64], state["swin.encoder.layers.1.blocks.1.attention.k_proj.weight"])
+
+
+@torch.no_grad()
+def test_imagenet_classifier_converts_to_upernet_pretrained_backbone(tmp_path):
+    """`seglab convert --source official --model upernet_swin_t` on timm's ImageNet classifier (what the recipes'
+    `model.pretrained` starts from; the official `swin_tiny_patch4_window7_224.pth` holds the same weights with merging
+    at the end of each stage): backbone-only weights, output norms at LayerNorm's initialisation, loaded by the run's
+    loader; the backbone gives timm's stage features, layer-normed. 224x224: stage maps 56, 28, 14, 7 (no window
+    is clamped differently by timm and seglab)."""
+    from seglab.convert import convert_checkpoint
+    from seglab.engine.checkpoint import save_weights
+    from seglab.engine.run import load_backbone_weights
+    from seglab.registry import create_model
+
+    classifier = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
+    _randomize(classifier, seed=6)
+    result = convert_checkpoint(classifier.state_dict(), "official", "upernet_swin_t")
+    assert result.backbone_only and result.num_classes is None
+    assert {"head.fc.weight", "norm.weight"} <= set(result.dropped)
+    path = tmp_path / "swin_t.safetensors"
+    save_weights(path, result.state_dict, "upernet_swin_t", None, result.overrides, extra={"backbone_only": "true"})
+    ours = create_model("upernet_swin_t", num_classes=5).eval()
+    load_backbone_weights(ours, path)
+
+    features = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, features_only=True).eval()
+    renamed = {k.replace("layers.", "layers_", 1): v for k, v in classifier.state_dict().items()}
+    features.load_state_dict({k: v for k, v in renamed.items() if k in features.state_dict()}, strict=True)
+    image = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(7))
+    for i, (a, e) in enumerate(zip(ours.backbone(image), features(image), strict=True)):
+        e = F.layer_norm(e, e.shape[-1:], eps=ours.backbone.out_norms[str(i)].eps).permute(0, 3, 1, 2)
+        compare(a, e, pair=f"upernet_swin/timm ImageNet classifier (model.pretrained) stage {i}")

@@ -3,11 +3,17 @@
 timm (`dynamic_img_size=True`) resamples the position embedding bicubically with `antialias=True` (its
 `resample_abs_pos_embed` default), which differs from plain bicubic even when upsampling (cubic coefficient -0.5
 instead of -0.75); seglab reproduces it with `interpolate_antialias=True`. 224x320 (grid 14x20) and 160x288 (10x18)
-are non-square grids that need resampling; 150x200 (with timm's `dynamic_img_pad=True`, right/bottom zero padding as
-seglab's) gives a padded 10x13 grid.
+are non-square grids that need resampling; 75x93 (with timm's `dynamic_img_pad=True`, right/bottom zero padding as
+seglab's) gives a padded 5x6 grid.
 
 The mmseg and JAX `.npz` state dicts are built from a timm model's weights by a re-layout written here, independently
 of the converters, with the exact key names and shapes of those formats; the converted backbone must reproduce timm.
+The `.npz` files are read back by timm's own JAX loader (`vision_transformer._load_weights`), which must recover the
+timm model tensor for tensor; that loaded model is the reference.
+
+ImageNet ViTs as a recipe's `model.pretrained` (`seglab convert --source official` for `segmenter_vit_*`, `segvit_*`,
+`setr_*`, from a timm `.pth` or a JAX `.npz`) are compared with timm built for the converted grid through its own
+pretrained-loading path (`checkpoint_filter_fn`), see `test_imagenet_vit_converts_to_pretrained_backbone`.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from testkit import compare
 from torch import nn
 
 from seglab.backbones.vit import VIT_CONFIGS, VisionTransformer
+from seglab.convert.common import read_source
 from seglab.convert.vit import convert_vit_jax_npz, convert_vit_mmseg, convert_vit_timm
 
 timm = pytest.importorskip("timm")
@@ -66,18 +74,17 @@ def _timm_features(reference: nn.Module, image: torch.Tensor) -> tuple[list[torc
     return inter, normed
 
 
-def _assert_close(actual: list[torch.Tensor], expected: list[torch.Tensor], label: str) -> None:
-    assert len(actual) == len(expected)
-    for index, a, e in zip(OUT_INDICES, actual, expected, strict=True):
-        assert a.shape == e.shape, f"{label} block {index}: {tuple(a.shape)} vs {tuple(e.shape)}"
-        diff = (a - e).abs().max().item()
-        print(f"{label} block {index}: max abs diff {diff:.3e}")
-        assert diff <= 1e-4, f"{label} block {index} differs by {diff}"
+def _assert_close(actual: list[torch.Tensor], expected: list[torch.Tensor], label: str,
+                  indices: tuple[int, ...] = OUT_INDICES, pair: str = "vit/timm") -> None:
+    assert len(actual) == len(expected) == len(indices)
+    for index, a, e in zip(indices, actual, expected, strict=True):
+        assert e.std() > 0.1
+        compare(a, e, pair=f"{pair} {label} block {index}")
 
 
 @pytest.mark.parametrize(
     ("name", "variant", "size"),
-    [("vit_tiny_patch16_224", "t", (224, 320)), ("vit_tiny_patch16_224", "t", (150, 200)),
+    [("vit_tiny_patch16_224", "t", (224, 320)), ("vit_tiny_patch16_224", "t", (75, 93)),
      ("vit_small_patch16_224", "s", (160, 288))],
 )
 @torch.no_grad()
@@ -188,7 +195,7 @@ def test_mmseg_layout_converts_to_timm_numerics(prefix):
     ours = _ours("t", convert_vit_mmseg(mmseg))
     image = torch.randn(1, 3, 160, 288, generator=torch.Generator().manual_seed(2))
     inter, normed = _timm_features(reference, image)
-    _assert_close(ours(image), [*inter[:-1], normed], f"mmseg{prefix!r}")
+    _assert_close(ours(image), [*inter[:-1], normed], f"mmseg layout, prefix {prefix!r}")
 
     dropped: list[str] = []
     no_norm = convert_vit_mmseg(mmseg, final_norm=False, dropped=dropped)
@@ -236,22 +243,37 @@ def _timm_to_jax(state: dict[str, torch.Tensor], heads: int, prefix: str) -> dic
     return {prefix + k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
+def _save_npz_read_by_timm(arrays: dict[str, np.ndarray], path, name: str, like: nn.Module) -> nn.Module:
+    """Writes `arrays` as a `.npz` and loads it with timm's own JAX loader (`vision_transformer._load_weights`, what
+    `timm.create_model(..., pretrained=True)` runs on the google-research files) into a fresh `name`; the result must
+    be `like` tensor for tensor, so the file is in the layout timm reads."""
+    from timm.models.vision_transformer import _load_weights
+
+    np.savez(path, **arrays)
+    loaded = timm.create_model(name, pretrained=False, dynamic_img_size=True, dynamic_img_pad=True).eval()
+    _load_weights(loaded, str(path))
+    for key, value in like.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), f"timm's npz loader read {key} differently"
+    return loaded
+
+
 @pytest.mark.parametrize("prefix", ["", "opt/target/"])
 @torch.no_grad()
-def test_jax_npz_layout_converts_to_timm_numerics(prefix):
-    reference = _timm_model("vit_small_patch16_224", seed=9)
-    arrays = _timm_to_jax(reference.state_dict(), heads=6, prefix=prefix)
+def test_jax_npz_layout_converts_to_timm_numerics(prefix, tmp_path):
+    source = _timm_model("vit_small_patch16_224", seed=9)
+    arrays = _timm_to_jax(source.state_dict(), heads=6, prefix=prefix)
     assert arrays[f"{prefix}Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"].shape == (384, 6,
                                                                                                             64)
     assert arrays[f"{prefix}Transformer/encoderblock_0/MultiHeadDotProductAttention_1/out/kernel"].shape == (6, 64,
                                                                                                           384)
     assert arrays[f"{prefix}embedding/kernel"].shape == (16, 16, 3, 384)
+    reference = _save_npz_read_by_timm(arrays, tmp_path / "vit.npz", "vit_small_patch16_224", like=source)
     dropped: list[str] = []
-    ours = _ours("s", convert_vit_jax_npz(arrays, dropped=dropped))
+    ours = _ours("s", convert_vit_jax_npz(read_source(tmp_path / "vit.npz")[0], dropped=dropped))
     assert sorted(dropped) == ["head/bias", "head/kernel", "pre_logits/bias", "pre_logits/kernel"]
     image = torch.randn(1, 3, 224, 320, generator=torch.Generator().manual_seed(4))
     inter, normed = _timm_features(reference, image)
-    _assert_close(ours(image), [*inter[:-1], normed], f"jax{prefix!r}")
+    _assert_close(ours(image), [*inter[:-1], normed], f"prefix {prefix!r}", pair="vit/timm-npz")
 
     with pytest.raises(ValueError, match="LayerNorm_2/scale"):
         convert_vit_jax_npz({k: v for k, v in arrays.items() if not k.endswith("encoderblock_3/LayerNorm_2/scale")})
@@ -259,3 +281,84 @@ def test_jax_npz_layout_converts_to_timm_numerics(prefix):
         convert_vit_jax_npz({**arrays, f"{prefix}Transformer/encoderblock_0/extra/kernel": np.zeros(3, np.float32)})
     with pytest.raises(ValueError, match="big-vision"):
         convert_vit_jax_npz({**arrays, f"{prefix}Transformer/encoderblock/LayerNorm_0/scale": np.zeros(3)})
+
+
+# --- ImageNet ViTs through `seglab convert --source official` (a recipe's `model.pretrained`) ---------------------
+
+
+def _reference_at(source: nn.Module, name: str, img_size: int, mode: str, cls_token: bool) -> nn.Module:
+    """timm's `name` built for `img_size`, holding `source`'s weights as timm's own pretrained loading puts them there
+    (`checkpoint_filter_fn` resamples the position embedding) with the seglab model's resampling: `mode`, no
+    antialiasing. Without `cls_token` it is timm's `class_token=False` ViT holding the patch slots of the position
+    embedding: what mmseg's ViT computes when it drops the class token after adding the position embedding."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    options = {} if cls_token else {"class_token": False, "global_pool": "avg", "fc_norm": False}
+    reference = timm.create_model(name, pretrained=False, img_size=img_size, dynamic_img_size=True,
+                                  dynamic_img_pad=True, **options).eval()
+    state = dict(source.state_dict())
+    if not cls_token:
+        del state["cls_token"]
+        state["pos_embed"] = state["pos_embed"][:, 1:]
+    reference.load_state_dict(checkpoint_filter_fn(state, reference, interpolation=mode, antialias=False),
+                              strict=True)
+    return reference
+
+
+@pytest.mark.parametrize(
+    ("timm_name", "model_name", "file_format"),
+    [("vit_tiny_patch16_224", "segmenter_vit_t", "pth"), ("vit_small_patch16_224", "segmenter_vit_s", "npz"),
+     pytest.param("vit_base_patch16_224", "segvit_vit_b", "npz", marks=pytest.mark.slow),
+     pytest.param("vit_large_patch16_224", "setr_naive_vit_l", "pth", marks=pytest.mark.slow)],
+)
+@torch.no_grad()
+def test_imagenet_vit_converts_to_pretrained_backbone(timm_name, model_name, file_format, tmp_path, monkeypatch):
+    """A timm ViT (`.pth` state dict, or the JAX `.npz` that timm's loader reads as the same model) converted for
+    `img_size=320` (grid 14 -> 20, resampled by the converter with the model's mode), written as `seglab convert`
+    writes it and loaded by `model.pretrained`'s loader, reproduces timm's block outputs at 75x93 (grid 20 -> 5x6 at
+    run time). timm's run-time resampling is its antialiased bicubic; the seglab families resample plainly with their
+    own mode (mmseg's `resize_pos_embed`), so timm is given that: `resample_abs_pos_embed` with the model's mode and
+    `antialias=False`, the function the reference's `checkpoint_filter_fn` uses too."""
+    from functools import partial
+
+    import timm.models.vision_transformer as timm_vit
+    from timm.layers import resample_abs_pos_embed
+
+    from seglab import create_model
+    from seglab.convert import convert_checkpoint
+    from seglab.engine.checkpoint import save_weights
+    from seglab.engine.run import load_backbone_weights
+
+    source = _timm_model(timm_name, seed=11)
+    if file_format == "pth":
+        src = tmp_path / f"{timm_name}.pth"
+        torch.save(source.state_dict(), src)
+    else:
+        src = tmp_path / f"{timm_name}.npz"
+        _save_npz_read_by_timm(_timm_to_jax(source.state_dict(), heads=source.blocks[0].attn.num_heads, prefix=""),
+                               src, timm_name, like=source)
+    result = convert_checkpoint(src, "official", model_name, img_size=320)
+    assert result.backbone_only and result.num_classes is None and result.overrides["img_size"] == 320
+    assert {"head.weight", "head.bias"} <= set(result.dropped) or {"head/kernel", "head/bias"} <= set(result.dropped)
+    save_weights(tmp_path / "backbone.safetensors", result.state_dict, model_name, None, result.overrides,
+                 extra={"converted_from": "official", "backbone_only": "true"})
+    ours = create_model(model_name, num_classes=5, **result.overrides).eval()
+    load_backbone_weights(ours, tmp_path / "backbone.safetensors")
+    backbone = ours.backbone
+    assert backbone.grid_size == (20, 20) and not backbone.interpolate_antialias
+
+    mode = backbone.interpolate_mode
+    monkeypatch.setattr(timm_vit, "resample_abs_pos_embed",
+                        partial(resample_abs_pos_embed, interpolation=mode, antialias=False))
+    reference = _reference_at(source, timm_name, 320, mode, cls_token=backbone.with_cls_token)
+    image = torch.randn(1, 3, 75, 93, generator=torch.Generator().manual_seed(5))
+    indices = backbone.out_indices
+    expected = reference.forward_intermediates(image, indices=list(indices), norm=False, intermediates_only=True)
+    if backbone.norm is not None:  # the final norm applies to the last output only
+        expected[-1] = reference.forward_intermediates(image, indices=[indices[-1]], norm=True,
+                                                       intermediates_only=True)[0]
+    actual = backbone(image)
+    assert actual[0].shape[-2:] == (5, 6)
+    family = model_name.split("_")[0]
+    _assert_close(actual, expected, f"{model_name} ({timm_name}, img_size 320) at 75x93", indices=indices,
+                  pair=f"{family}/timm" + ("-npz" if file_format == "npz" else ""))

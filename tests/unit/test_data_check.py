@@ -71,17 +71,51 @@ def test_every_kind_of_problem_is_found_and_named(root, capsys):
     report = check_dataset(root, samples=0)
     assert not report.ok
     problems = "\n".join(report.problems)
-    assert "1 image(s) in" in problems and "without a mask" in problems and "orphan_image" in problems
-    assert "1 mask(s) in" in problems and "without an image" in problems and "orphan_mask" in problems
-    assert "1 empty file(s) (0 bytes):" in problems and "empty.png" in problems
-    assert "colour.png is a RGB-mode image" in problems
-    assert "cut.png: the file is truncated" in problems
-    assert "sizes.png is 1x2 (HxW) but its image" in problems
-    assert "outside 0..2 (ignore 255 allowed): 7 in" in problems and "labels.png; 9 in" in problems
+    # every file is named by its path relative to the dataset root (the report's first line names the root)
+    assert "1 image(s) without a mask (looked for annotations/train/NAME.png): images/train/orphan_image.png" in problems
+    assert ("1 mask(s) without an image (looked for images/train/NAME{.jpg,.png}): annotations/train/orphan_mask.png"
+            in problems)
+    assert "1 empty file(s) (0 bytes): images/train/empty.png" in problems
+    assert "mask annotations/train/colour.png is a RGB-mode image" in problems
+    assert "cannot decode mask annotations/train/cut.png: the file is truncated" in problems
+    assert "mask annotations/train/sizes.png is 1x2 (HxW) but its image images/train/sizes.png is 3x3" in problems
+    assert ("outside 0..2 (ignore 255 allowed): 7 in annotations/train/labels.png; 9 in annotations/train/labels.png"
+            in problems)
+    assert str(root) not in problems
     assert all(p.startswith("[train]") for p in report.problems)  # val has only a note
-    assert any("gray.png" in n and "grayscale" in n for n in report.splits[1].notes)
+    assert any("images/val/gray.png" in n and "grayscale" in n for n in report.splits[1].notes)
     assert main(["data", "check", str(root), "--samples", "0"]) == 1
-    assert "FAILED: 7 problem(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FAILED: 7 problem(s)" in out and f"dataset folder at {root}:" in out
+
+
+def test_split_lists_and_layout_errors_name_files_relative_to_the_root(tmp_path):
+    voc = tmp_path / "VOCdevkit" / "VOC2012"
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "SegmentationClass").mkdir()
+    for name in ("x", "y"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(voc / "JPEGImages" / f"{name}.jpg")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(voc / "SegmentationClass" / "x.png")
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("x\ny\ngone\n")
+    report = check_dataset(tmp_path / "VOCdevkit", dataset="pascal_voc", splits=["train", "val"])
+    train, val = report.splits
+    assert report.root == str(voc) and train.pairs == 1
+    assert train.problems == [
+        "1 name(s) listed in ImageSets/Segmentation/train.txt have no image: JPEGImages/gone.jpg",
+        ("1 image(s) listed in ImageSets/Segmentation/train.txt without a mask (looked for SegmentationClass/NAME.png): "
+         "JPEGImages/y.jpg")]
+    # a layout error (the val list is missing) names the list under the root, and the lists found
+    assert len(val.problems) == 1 and val.problems[0].startswith(
+        "split list ImageSets/Segmentation/val.txt not found; lists found in ImageSets/Segmentation: train.txt")
+
+    # two files that differ only in their image suffix are one name: both named
+    root = tmp_path / "twins"
+    _pair(root, "train", "a", [[0]])
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(root / "images" / "train" / "a.jpg")
+    (root / "dataset.yaml").write_text(yaml.safe_dump({"classes": CLASSES}))
+    problems = check_dataset(root, splits=["train"]).splits[0].problems
+    assert problems == ["images/train/a.jpg and images/train/a.png have the same name; keep one of them"]
 
 
 def test_a_config_gives_dataset_root_and_splits(tmp_path, capsys):

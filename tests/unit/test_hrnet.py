@@ -216,3 +216,21 @@ def test_tiny_overfit_reaches_high_pixel_accuracy() -> None:
     assert (predictions == labels).float().mean() >= 0.9
     for c in range(3):  # and every class is found, not only the background
         assert (predictions[labels == c] == c).float().mean() >= 0.8
+
+
+@torch.no_grad()
+def test_bilinear_scale_fuse_is_two_bilinear_steps() -> None:
+    """mmseg's fuse upsampling (bilinear x2^k, then bilinear to the branch size) equals one bilinear step where every
+    branch is exactly half the one above, and differs where one is not (70x90: branches 18x23, 9x12, 5x6, 3x3)."""
+    one = create_model("fcn_hrnetv2_w18s_v1", num_classes=3, align_corners=False).eval()
+    two = create_model("fcn_hrnetv2_w18s_v1", num_classes=3, align_corners=False, fuse_upsample="bilinear_scale").eval()
+    two.load_state_dict(one.state_dict())
+    halving = torch.randn(1, 3, 64, 96)
+    assert torch.equal(one(halving), two(halving))
+    odd = torch.randn(1, 3, 70, 90)
+    assert (one(odd) - two(odd)).abs().max() > 1e-4
+    module = next(m for m in two.modules() if isinstance(m, HRModule) and len(m.branches) == 2)
+    low = torch.randn(1, 2, 3, 4)
+    expected = F.interpolate(F.interpolate(low, size=(6, 8), mode="bilinear", align_corners=False), size=(5, 7),
+                             mode="bilinear", align_corners=False)
+    assert torch.equal(module._upsample(low, torch.Size((5, 7)), 2), expected)

@@ -237,7 +237,7 @@ def test_official_r50_checkpoint_converts_and_loads():
     generator = torch.Generator().manual_seed(0)
     source = {k: torch.randn(shape, generator=generator) for k, shape in _official_r50_manifest().items()}
     result = convert_maskformer_official(source, "maskformer_r50")
-    assert result.num_classes == 150 and result.overrides == {} and result.dropped == ["criterion.empty_weight"]
+    assert result.num_classes == 150 and result.overrides == {"official_inference": True} and result.dropped == ["criterion.empty_weight"]
     state = result.state_dict
     fused = source["sem_seg_head.predictor.transformer.decoder.layers.3.multihead_attn.in_proj_weight"]
     cross = "decode_head.predictor.decoder.layers.3.cross_attn"
@@ -262,7 +262,7 @@ def test_official_swin_t_checkpoint_converts_and_loads():
     backbone = {k: v for k, v in _swin_t_official_manifest().items() if k.startswith("backbone.")}
     source = _random_state(backbone | _official_head_manifest((96, 192, 384, 768), num_classes=150))
     result = convert_maskformer_official(source, "maskformer_swin_t")
-    assert result.num_classes == 150 and result.overrides == {}
+    assert result.num_classes == 150 and result.overrides == {"official_inference": True, "shrink_window": False}
     state = result.state_dict
     assert torch.equal(state["backbone.out_norms.3.weight"], source["backbone.norm3.weight"])
     assert torch.equal(state["backbone.stages.2.blocks.5.attn.qkv.weight"],

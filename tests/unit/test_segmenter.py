@@ -396,3 +396,20 @@ def test_conversion_errors():
         convert_segmenter_official({**official, "decoder.extra": torch.empty(1)}, "segmenter_vit_t")
     with pytest.raises(ValueError, match="shape mismatches"):
         convert_segmenter_official(official, "segmenter_vit_s")
+
+
+def test_mmseg_1x_checkpoint_without_patch_bias():
+    """mmseg 1.x builds its ViT with `patch_bias=False` by default: no `backbone.patch_embed.projection.bias`. The
+    result then carries `patch_bias=False` and loads strictly (whole model and backbone-only)."""
+    from seglab.convert.segmenter import convert_segmenter_mmseg
+
+    manifest = {k: v for k, v in mmseg_manifest("t", 150).items() if k != "backbone.patch_embed.projection.bias"}
+    result = convert_segmenter_mmseg(_tensors(manifest, device="cpu"), "segmenter_vit_t")
+    assert result.overrides == {"patch_bias": False}
+    model = create_model("segmenter_vit_t", num_classes=150, **result.overrides)
+    assert model.backbone.patch_embed.proj.bias is None
+    model.load_state_dict(result.state_dict, strict=True)
+    backbone = {k: v for k, v in manifest.items() if k.startswith("backbone.")}
+    assert convert_segmenter_mmseg(_tensors(backbone), "segmenter_vit_t").overrides == {"patch_bias": False}
+    with_bias = convert_segmenter_mmseg(_tensors(mmseg_manifest("t", 150)), "segmenter_vit_t")
+    assert "patch_bias" not in with_bias.overrides  # mmseg 0.x checkpoints (and vit2mmseg files) keep the bias

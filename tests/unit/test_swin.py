@@ -368,3 +368,31 @@ def test_export_path_equals_eager_path(shape, monkeypatch):
     for a, b in zip(eager, exported, strict=True):
         assert a.shape == b.shape
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("size", [(5, 6), (3, 3), (7, 7), (4, 10)])
+def test_full_window_on_small_maps_equals_pad_roll_partition(size):
+    """`shrink=False` (the segmentation code and mmseg): the 7x7 window and the shift 3 at every map size, the map
+    padded to the window."""
+    height, width = size
+    x = torch.randn(1, height, width, 2)
+    layout = WindowLayout.build(height, width, 7, x.device, shrink=False)
+    assert layout.window == (7, 7) and layout.shift_mask is not None
+    padded = F.pad(x, (0, 0, 0, (-width) % 7, 0, (-height) % 7))
+    hp, wp = padded.shape[1:3]
+    rolled = torch.roll(padded, shifts=(-3, -3), dims=(1, 2))
+    windows = rolled.view(1, hp // 7, 7, wp // 7, 7, 2).permute(0, 1, 3, 2, 4, 5).reshape(1, -1, 2)
+    tokens = F.pad(x.view(1, -1, 2), (0, 0, 1, 0)) if layout.padded else x.view(1, -1, 2)
+    assert torch.equal(tokens.index_select(1, layout.shifted.gather), windows)
+    assert torch.equal(windows.index_select(1, layout.shifted.scatter), x.view(1, -1, 2))
+
+
+@torch.no_grad()
+def test_shrink_window_matters_only_on_maps_smaller_than_the_window():
+    shrink, full = _tiny(), _tiny(shrink_window=False)
+    full.load_state_dict(shrink.state_dict())
+    small, large = torch.randn(1, 3, 75, 93), torch.randn(1, 3, 232, 260)  # stage 4: 3x3 / 8x9 tokens
+    assert all(torch.equal(a, b) for a, b in zip(shrink(large), full(large), strict=True))
+    a, b = shrink(small), full(small)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # 19x24, 10x12: larger than the window
+    assert (a[2] - b[2]).abs().max() > 1e-3  # 5x6: one padded, shifted 7x7 window instead of a 5x6 one

@@ -17,10 +17,14 @@ into the HRNetV2 (V1, V2, V2p) representations.
 
 Numerics that differ between the sources, as options: the official segmentation code upsamples in the fuse with
 bilinear interpolation to the target size (`align_corners=True` in the HRNet-OCR branch, `ALIGN_CORNERS`; False in
-older `seg_hrnet.py` versions), timm (the classification code) with nearest upsampling by a scale factor;
-`fuse_upsample` picks the mode and always interpolates to the target size, so that odd input sizes work (with
-nearest upsampling and sizes whose branches halve exactly, the two agree). BN momentum (training only) is 0.1 in the
-HRNet-OCR branch, timm and mmseg, 0.01 in the pytorch-v1.1-era `seg_hrnet.py`: `bn_momentum`.
+older `seg_hrnet.py` versions), timm (the classification code) with nearest upsampling by a scale factor, mmseg (0.x
+and 1.x) bilinearly by the scale factor 2^(j - i) (`Upsample(scale_factor=2**(j - i), mode='bilinear',
+align_corners=False)`) and then bilinearly again to the target size (`resize(..., size=x[i].shape[2:])`).
+`fuse_upsample` picks the mode: `bilinear` and `nearest` interpolate to the target size directly, so that odd input
+sizes work (with nearest upsampling and sizes whose branches halve exactly, timm agrees); `bilinear_scale` is mmseg's
+two steps, which differ from one bilinear step only where a branch is not exactly half the one above (odd sizes).
+BN momentum (training only) is 0.1 in the HRNet-OCR branch, timm and mmseg, 0.01 in the pytorch-v1.1-era
+`seg_hrnet.py`: `bn_momentum`.
 
 Module names are seglab's (see `seglab.convert.hrnet` for the official and timm layouts).
 """
@@ -40,7 +44,7 @@ from seglab.layers import ConvNormAct
 
 STEM_CHANNELS = 64
 BOTTLENECK_EXPANSION = 4
-FUSE_UPSAMPLE_MODES = ("bilinear", "nearest")
+FUSE_UPSAMPLE_MODES = ("bilinear", "nearest", "bilinear_scale")
 NECKS = ("none", "v1", "v2", "v2p")
 
 NormLayer = Callable[[int], nn.Module]
@@ -169,7 +173,8 @@ class HRModule(nn.Module):
         channels: channels of each branch (and output).
         blocks: basic blocks per branch.
         norm_layer: BatchNorm constructor.
-        fuse_upsample: `bilinear` or `nearest` interpolation of the upsampled terms.
+        fuse_upsample: `bilinear` or `nearest` interpolation of the upsampled terms to the target size, or
+            `bilinear_scale` (bilinear by 2^(j - i), then bilinear to the target size).
         align_corners: `align_corners` of the bilinear upsampling.
     """
 
@@ -205,10 +210,15 @@ class HRModule(nn.Module):
             self.fuse_layers.append(row)
         self.act = nn.ReLU()
 
-    def _upsample(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    def _upsample(self, x: torch.Tensor, size: torch.Size, factor: int) -> torch.Tensor:
         # the target size, not a scale factor: a branch of an odd-sized map is not exactly half the one above
         if self.fuse_upsample == "nearest":
             return F.interpolate(x, size=size, mode="nearest")
+        if self.fuse_upsample == "bilinear_scale":
+            # NOTE: mmseg scales by 2^(j - i) first and resizes the result to the branch size after (a no-op where
+            # the branches halve exactly); two bilinear steps, as in its `Upsample` + `resize`
+            scaled = (x.shape[-2] * factor, x.shape[-1] * factor)
+            x = F.interpolate(x, size=scaled, mode="bilinear", align_corners=self.align_corners)
         return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
 
     def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -218,8 +228,8 @@ class HRModule(nn.Module):
         fused = []
         for i, row in enumerate(self.fuse_layers):
             # summed in branch order as in the reference codes, so float32 rounding matches theirs
-            terms = [x[j] if j == i else layer(x[j]) if j < i else self._upsample(layer(x[j]), x[i].shape[-2:])
-                     for j, layer in enumerate(row)]
+            terms = [x[j] if j == i else layer(x[j]) if j < i
+                     else self._upsample(layer(x[j]), x[i].shape[-2:], 2 ** (j - i)) for j, layer in enumerate(row)]
             total = terms[0]
             for term in terms[1:]:
                 total = total + term
@@ -294,7 +304,8 @@ class HRNet(nn.Module):
         config: stage settings (see `HRNET_CONFIGS`).
         in_channels: input image channels.
         bn_momentum: momentum of every BatchNorm.
-        fuse_upsample: `bilinear` (official segmentation code) or `nearest` (timm) upsampling in the fuse layers.
+        fuse_upsample: `bilinear` (official segmentation code), `nearest` (timm) or `bilinear_scale` (mmseg)
+            upsampling in the fuse layers (see the module docstring).
         align_corners: `align_corners` of the bilinear fuse upsampling and of the neck's resize.
         neck: `none` (the four branches), `v1`, `v2` or `v2p` (see `HRNetNeck`).
     """

@@ -18,14 +18,16 @@ into one float mask, all windows of a batch in one call; the masks are built per
 the cyclic shift (`torch.roll` in the original) and the window partition are folded into one gather index per stage
 and shift (`WindowLayout`), and their inverses and the crop into one scatter: one copy each way, and the qkv / output
 projections run on the map's tokens only (a padded slot reads a prepended zero token, whose projection is the bias, as
-the original's zero padding gives). The results equal the original's procedure exactly. A stage
-whose map is no larger than the window along a dimension uses the map size as the window along it and no shift there
-(as the classification code and timm do; the segmentation code keeps a 7x7 window and pads): the bias of such a
-smaller window reads the sub-range of offsets of the full table. While exporting (`torch.compiler.is_exporting()`)
-nothing branches on a size: the general path (zero token, shifted order and region mask for every stage, padding
-always applied) serves every size, so an ONNX graph is right at sizes other than the example's. Module names are
-seglab's (`seglab.convert.swin` maps the official, mmseg and timm layouts); the features stay channels-last
-(B, H, W, C) inside the network.
+the original's zero padding gives). The results equal the original's procedure exactly. By default
+(`shrink_window=True`) a stage whose map is no larger than the window along a dimension uses the map size as the window
+along it and no shift there (as the classification code, timm and transformers do): the bias of such a smaller window
+reads the sub-range of offsets of the full table. The segmentation code (Swin-Transformer-Semantic-Segmentation, and
+mmseg's `SwinTransformer`) keeps the full window and its shift at every size and pads: `shrink_window=False`; the two
+differ only where a stage's map is no larger than the window (a side of at most 7 x 32 = 224 pixels for window 7).
+While exporting (`torch.compiler.is_exporting()`) nothing branches on a size: the general path (zero token, shifted
+order and region mask for every stage, padding always applied) serves every size, so an ONNX graph is right at sizes
+other than the example's. Module names are seglab's (`seglab.convert.swin` maps the official, mmseg and timm layouts);
+the features stay channels-last (B, H, W, C) inside the network.
 """
 
 from __future__ import annotations
@@ -84,16 +86,21 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     return offsets[0] * (2 * window_size - 1) + offsets[1]
 
 
-def stage_window(height: int, width: int, window_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+def stage_window(
+    height: int, width: int, window_size: int, shrink: bool = True
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """Window and shift of one stage for a (height, width) map.
 
-    Along a dimension no larger than the window, the window shrinks to the map and there is no shift (shifting a
-    single window would only wrap it onto itself). Written as min/arithmetic without branches, so that an exported
-    graph keeps the rule for every size (the sizes may be symbolic).
+    With `shrink`, along a dimension no larger than the window, the window shrinks to the map and there is no shift
+    (shifting a single window would only wrap it onto itself). Written as min/arithmetic without branches, so that an
+    exported graph keeps the rule for every size (the sizes may be symbolic). Without it (the segmentation code), the
+    full window and shift at every size: the map is padded to the window.
 
     Returns:
         ((window_h, window_w), (shift_h, shift_w)); the shift is the one of the odd (SW-MSA) blocks.
     """
+    if not shrink:
+        return (window_size, window_size), (window_size // 2, window_size // 2)
     window = (min(height, window_size), min(width, window_size))
     # min(n, w + 1) - min(n, w) is 1 when n > w and 0 otherwise
     shift = tuple((window_size // 2) * (min(n, window_size + 1) - min(n, window_size)) for n in (height, width))
@@ -169,9 +176,10 @@ class WindowLayout:
     shift_mask: torch.Tensor | None
 
     @staticmethod
-    def build(height: int, width: int, window_size: int, device: torch.device) -> WindowLayout:
-        """The layout of a (height, width) map; built per forward, as it depends on the input size."""
-        window, shift = stage_window(height, width, window_size)
+    def build(height: int, width: int, window_size: int, device: torch.device, shrink: bool = True) -> WindowLayout:
+        """The layout of a (height, width) map (`shrink`: see `stage_window`); built per forward, as it depends on
+        the input size."""
+        window, shift = stage_window(height, width, window_size, shrink)
         # (n + w - 1) // w: ceil division without negative operands, which an ONNX graph would round towards zero
         padded_h = (height + window[0] - 1) // window[0] * window[0]
         padded_w = (width + window[1] - 1) // window[1] * window[1]
@@ -413,18 +421,22 @@ class SwinStage(nn.Module):
         blocks: the stage's blocks, W-MSA and SW-MSA alternating.
         window_size: side of the full window.
         downsample: patch merging after the blocks, or None for the last stage.
+        shrink_window: shrink the window to a smaller map (see `stage_window`).
     """
 
-    def __init__(self, blocks: list[SwinBlock], window_size: int, downsample: PatchMerging | None) -> None:
+    def __init__(
+        self, blocks: list[SwinBlock], window_size: int, downsample: PatchMerging | None, shrink_window: bool = True
+    ) -> None:
         super().__init__()
         self.window_size = window_size
+        self.shrink_window = shrink_window
         self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, H, W, C) -> (the stage output before merging, the merged map for the next stage or None)."""
         # one layout per forward and stage, shared by its blocks
-        layout = WindowLayout.build(x.shape[1], x.shape[2], self.window_size, x.device)
+        layout = WindowLayout.build(x.shape[1], x.shape[2], self.window_size, x.device, self.shrink_window)
         for block in self.blocks:
             x = block(x, layout)
         return x, (self.downsample(x) if self.downsample is not None else None)
@@ -442,6 +454,9 @@ class SwinTransformer(nn.Module):
         qkv_bias: bias on the query/key/value projections (True in every released model).
         out_indices: which stages to return; stages after the last one listed are not run.
         window_size: overrides `config.window_size` (12 for the 384-pretrained models).
+        shrink_window: a stage whose map is no larger than the window along a dimension uses the map size there and
+            no shift (classification code, timm, transformers); False keeps the full window and shift and pads (the
+            segmentation code and mmseg).
     """
 
     def __init__(
@@ -454,6 +469,7 @@ class SwinTransformer(nn.Module):
         qkv_bias: bool = True,
         out_indices: tuple[int, ...] = (0, 1, 2, 3),
         window_size: int | None = None,
+        shrink_window: bool = True,
     ) -> None:
         super().__init__()
         num_stages = len(config.depths)
@@ -475,7 +491,7 @@ class SwinTransformer(nn.Module):
                 for j in range(depth)
             ]
             downsample = PatchMerging(dim) if i < num_stages - 1 else None
-            stages.append(SwinStage(blocks, self.window_size, downsample))
+            stages.append(SwinStage(blocks, self.window_size, downsample, shrink_window))
             infos.append(FeatureInfo(channels=dim, stride=4 * 2**i))
         self.stages = nn.ModuleList(stages)
         # the per-stage output norms of the segmentation ports (`norm{i}` there), for the returned stages only

@@ -105,12 +105,13 @@ def resample_pos_embed(
 
 
 class PatchEmbed(nn.Module):
-    """Conv patch x patch, stride patch, on the image zero-padded right/bottom to a multiple of the patch; NCHW out."""
+    """Conv patch x patch, stride patch, on the image zero-padded right/bottom to a multiple of the patch; NCHW out.
+    `bias=False`: the conv has no bias (mmseg 1.x's `VisionTransformer` default)."""
 
-    def __init__(self, in_channels: int, embed_dim: int, patch_size: int) -> None:
+    def __init__(self, in_channels: int, embed_dim: int, patch_size: int, bias: bool = True) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # ceil-division form: exported size expressions stay small (no modulo, no negative floor division)
@@ -257,6 +258,8 @@ class VisionTransformer(nn.Module):
         interpolate_antialias: resample the position embedding with antialiased kernels, as timm's
             `dynamic_img_size` models do; False is the plain `F.interpolate` of mmseg (SETR, SegViT) and of the
             official Segmenter (bilinear). The two differ at every resampled size (`resample_pos_embed`).
+        patch_bias: a bias on the patch-embedding conv (timm, the official codes, mmseg 0.x); mmseg 1.x builds its
+            `VisionTransformer` without one by default (`patch_bias=False`), so its checkpoints have none.
     """
 
     def __init__(
@@ -275,6 +278,7 @@ class VisionTransformer(nn.Module):
         norm_eps: float = 1e-6,
         shrink_index: int | None = None,
         interpolate_antialias: bool = False,
+        patch_bias: bool = True,
     ) -> None:
         super().__init__()
         depth, dim, patch = config.depth, config.embed_dim, config.patch_size
@@ -303,7 +307,7 @@ class VisionTransformer(nn.Module):
         self.patch_size = patch
         self.grid_size = (img_h // patch, img_w // patch)  # the grid the position embedding was trained for
 
-        self.patch_embed = PatchEmbed(in_channels, dim, patch)
+        self.patch_embed = PatchEmbed(in_channels, dim, patch, bias=patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], dim))
         self.pos_drop = nn.Dropout(drop_rate)

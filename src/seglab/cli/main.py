@@ -430,11 +430,61 @@ def cmd_info(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- convert / export
+def _parse_overrides(items: list[str], model_name: str, current: dict) -> dict:
+    """`["align_corners=true", ...]` -> {"align_corners": True, ...}, checked against the model's options."""
+    import yaml
+
+    from seglab.registry import resolve_options
+
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"seglab convert: --set {item!r}: expected OPTION=VALUE, e.g. align_corners=true")
+        parsed[key] = yaml.safe_load(value)
+    try:
+        resolve_options(model_name, {**current, **parsed})
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"seglab convert: --set: {exc}") from exc
+    return parsed
+
+
+def _check_fits(result, model_name: str) -> None:
+    """Fails, naming the tensors, when the converted weights no longer fit the model built with the overrides."""
+    from seglab.engine.checkpoint import describe_mismatch
+    from seglab.registry import create_model
+
+    with torch.device("meta"):
+        model = create_model(model_name, num_classes=result.num_classes, **result.overrides)
+    own = model.backbone.state_dict() if result.backbone_only else model.state_dict()
+    state = ({k[len("backbone."):]: v for k, v in result.state_dict.items()} if result.backbone_only
+             else result.state_dict)
+    problems = describe_mismatch(own, state)
+    if problems:
+        head = f"seglab convert: with --set {result.overrides}, the weights do not fit {model_name}:"
+        raise SystemExit("\n".join([head, *problems]))
+
+
 def cmd_convert(args) -> int:
     from seglab.convert import convert_checkpoint
     from seglab.engine.checkpoint import save_weights
 
     result = convert_checkpoint(args.src, args.source, args.model, img_size=args.img_size)
+    if args.set:
+        if args.model.startswith("bpr_"):
+            raise SystemExit("seglab convert: --set applies to registered models, not to BPR networks")
+        result.overrides.update(_parse_overrides(args.set, args.model, result.overrides))
+        _check_fits(result, args.model)
+    if args.model.startswith("bpr_"):  # a BPR network is not a registered model: write a `load_bpr` checkpoint
+        from seglab.instance.bpr import build_bpr
+        from seglab.instance.bpr_train import save_bpr
+
+        network = build_bpr(args.model)
+        network.load_state_dict(result.state_dict, strict=True)
+        save_bpr(args.dst, network, args.model)
+        print(f"{args.src} ({args.source}) -> {args.dst}: {len(result.state_dict)} tensors, BPR network "
+              f"{args.model} (seglab refine --bpr {args.dst})")
+        return 0
     extra = {"converted_from": args.source}
     if result.backbone_only:
         extra["backbone_only"] = "true"
@@ -532,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation split")
     add_config(p)
-    p.add_argument("--checkpoint", required=True, help="seglab safetensors checkpoint")
+    p.add_argument("--checkpoint", required=True,
+                   help="seglab safetensors checkpoint, or a plain state dict of the model (.safetensors, .pth, .pt)")
     p.add_argument("--split", help="dataset split (default data.val_split)")
     p.add_argument("--out", help="write the metrics as JSON here")
     p.add_argument("--confusion", metavar="PNG", help="draw the row-normalised confusion matrix here")
@@ -543,8 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registered model name")
     p.add_argument("--config", help="YAML run config (model, test transform, inference mode)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--num-classes", type=int, help="default: the checkpoint's (read from a plain state dict's "
+                                                   "classifier)")
+    p.add_argument("--checkpoint", required=True,
+                   help="seglab safetensors checkpoint, or a plain state dict of the model (.safetensors, .pth, .pt)")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mode", choices=("whole", "slide"))
@@ -587,14 +640,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=None,
                    help="ViT models (setr_*, segmenter_vit_*, segvit_*): resample an ImageNet ViT's position embedding "
                         "for this crop (e.g. 768, 480; default the model's) and record it as the img_size override")
+    p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                   help="a constructor option recorded in the checkpoint over the converter's (e.g. "
+                        "align_corners=true for the HRNet-OCR ADE20K / COCO-Stuff files); values are YAML scalars")
     p.add_argument("src", help="checkpoint: .safetensors, .pth/.pt/.bin/.ckpt (weights_only), or a JAX ViT .npz")
     p.add_argument("dst")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("export", help="export a model to ONNX (dynamic batch, height, width)")
     p.add_argument("--model", required=True)
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--checkpoint")
+    p.add_argument("--num-classes", type=int, help="default: the checkpoint's (read from a plain state dict's "
+                                                   "classifier)")
+    p.add_argument("--checkpoint",
+                   help="seglab safetensors checkpoint, or a plain state dict of the model (.safetensors, .pth, .pt)")
     p.add_argument("--out", required=True)
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=512)
@@ -648,12 +706,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     from seglab.config import ConfigError
     from seglab.data.datasets import DatasetError
+    from seglab.engine.checkpoint import CheckpointNote
 
     args = build_parser().parse_args(argv)
+    show_warning = warnings.showwarning
+
+    def show_notes(message, category, filename, lineno, file=None, line=None):
+        # what create_model inferred from a checkpoint (e.g. the class count of a plain state dict): one line
+        if issubclass(category, CheckpointNote):
+            print(f"seglab {args.command}: note: {message}", file=sys.stderr)
+        else:
+            show_warning(message, category, filename, lineno, file, line)
+
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", CheckpointNote)
+            warnings.showwarning = show_notes
+            return args.func(args)
     except (ConfigError, DatasetError, FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:
         print(f"seglab {args.command}: error: {exc}", file=sys.stderr)
         return 2

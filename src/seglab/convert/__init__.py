@@ -8,7 +8,8 @@ AS-MLP-Semantic-Segmentation repository, and ImageNet AS-MLP checkpoints through
 `cyclemlp` (ImageNet CycleMLP checkpoints, backbone only: no official segmentation model exists); plain ViT:
 `setr` (official SETR and mmseg), `segvit` (official SegViT), `segmenter` (official Segmenter and mmseg), with the ViT
 encoder layouts (timm, mmseg, JAX `.npz`) in `vit`; MaskFormer: `maskformer` (transformers and the official
-detectron2 layout). Each converter
+detectron2 layout); BPR refinement networks: `bpr` (official chenhang98/BPR checkpoints, for
+`seglab.instance.build_bpr`). Each converter
 consumes every source key or lists it as dropped, and its result loads `strict=True` into
 `create_model(model_name, num_classes=result.num_classes, **result.overrides)`. A source without decode-head keys
 (an ImageNet-pretrained encoder such as `mit_b0.pth`, `mscan_t.pth` or `nvidia/mit-b0`) converts to `backbone.*`
@@ -31,6 +32,7 @@ from typing import Any
 
 import torch
 
+from seglab.convert.bpr import convert_bpr_official
 from seglab.convert.common import ConversionResult, read_source
 from seglab.convert.cyclemlp import convert_cyclemlp_official
 from seglab.convert.hf import convert_segformer_hf
@@ -54,7 +56,8 @@ CONVERTERS: dict[str, dict[str, Converter]] = {
                  "fcn_hrnetv2_": convert_hrnet_official, "upernet_swin_": convert_upernet_swin_mmseg,
                  "upernet_asmlp_": convert_upernet_asmlp, "fpn_cyclemlp_": convert_cyclemlp_official,
                  "setr_": convert_setr_official, "segvit_": convert_segvit_official,
-                 "segmenter_vit_": convert_segmenter_official, "maskformer_": convert_maskformer_official},
+                 "segmenter_vit_": convert_segmenter_official, "maskformer_": convert_maskformer_official,
+                 "bpr_": convert_bpr_official},
     "mmseg": {"segformer_": convert_segformer_mmseg, "segnext_": convert_segnext_mmseg,
               "fcn_hrnetv2_": convert_hrnet_mmseg, "upernet_swin_": convert_upernet_swin_mmseg,
               "setr_": convert_setr_mmseg, "segmenter_vit_": convert_segmenter_mmseg},

@@ -11,13 +11,32 @@ j > i) or `stage{s}.{m}.fuse_layers.{i}.{j}.{k}.{0,1}` (the stride-2 steps, j < 
 timm's `hrnet_*` uses the same backbone names (it is the HRNet-Image-Classification code); its ImageNet head
 (`incre_modules`, `downsamp_modules`, `final_layer`, `classifier`) is dropped.
 
-Numerics: the official code interpolates bilinearly in the fuse layers and the head. The HRNet-OCR branch (the
-current README: "we use align_corners = True for upsampling in HRNet"; `ALIGN_CORNERS = config.MODEL.ALIGN_CORNERS`,
-`BN_MOMENTUM = 0.1`; checkpoints `*_torch11.pth` / `*_torch04.pth`) uses `align_corners=True`, seglab's default;
-older `seg_hrnet.py` versions (the pytorch-v1.1-era code with the small models, `BN_MOMENTUM = 0.01`) call
-`F.upsample(..., mode='bilinear')`, i.e. `align_corners=False`: pass `align_corners=False` for those. The key names
-are the same in both, so the converter cannot tell them apart. timm upsamples in the fuse layers with nearest
-interpolation: build the backbone with `fuse_upsample="nearest"`.
+Numerics: the official code interpolates bilinearly in the fuse layers and the head, with an `align_corners` that
+depends on the code version and, in the HRNet-OCR branch, on the experiment file; the key names are the same
+everywhere, so the converter cannot tell: the caller passes `align_corners` (default False, right for every released
+checkpoint but two; `seglab convert --set align_corners=true` for those). Read in the official
+repository (HRNet-OCR @ 0bbb288, pytorch-v1.1 @ 88419ab, master @ 8037a7f):
+- master and pytorch-v1.1 (`F.upsample(..., mode='bilinear')` / `F.interpolate(..., mode='bilinear')` without
+  `align_corners`, i.e. False since PyTorch 0.4.0): every checkpoint of their READMEs, i.e. HRNetV2-W48 Cityscapes
+  (`hrnet_w48_cityscapes_cls19_1024x2048_trainset.pth`), PASCAL-Context, LIP, and the W18-Small-v1 / v2 Cityscapes
+  models: `align_corners=False`.
+- HRNet-OCR branch (`align_corners=config.MODEL.ALIGN_CORNERS`, default True; its README: "we use align_corners =
+  True"): the non-OCR experiment files for Cityscapes (`hrnet_cs_8090_torch11.pth`), LIP (`hrnet_lip_5583_torch04.pth`)
+  and PASCAL-Context (`hrnet_pascal_ctx_5410_torch11.pth`) set `ALIGN_CORNERS: False`; those for ADE20K
+  (`hrnet_ade20k_4312_torch04.pth`) and COCO-Stuff (`hrnet_cocostuff_3617_torch04.pth`) keep True.
+Both versions were checked numerically against a module tree written from the official `seg_hrnet.py`
+(tests/reference/test_official_hrnet.py: max difference 0.0 for W18-Small-v1 / v2 and W48). timm upsamples in the
+fuse layers with nearest interpolation: build the backbone with `fuse_upsample="nearest"`.
+
+mmseg (0.x and 1.x, `mmseg/models/backbones/hrnet.py`: the same code since its first release; checked in 0.30.0 and
+1.2.2) upsamples in the fuse layers bilinearly with `align_corners=False`, in two steps: `Upsample(scale_factor=
+2**(j - i), mode='bilinear', align_corners=False)` after the 1x1 conv + BN, then `resize(..., size=x[i].shape[2:],
+mode='bilinear', align_corners=False)`; its FCN head (`input_transform='resize_concat'`) resizes with the config's
+`align_corners=False`. The mmseg overrides are `fuse_upsample="bilinear_scale"` (those two steps; at sizes whose
+branches halve exactly, e.g. multiples of 32, plain `bilinear` is the same), `align_corners=False` and a head conv
+without bias. Measured against mmseg 1.2.2 on a 75x93 input (tests/reference/test_mmseg.py): max logit difference
+0.0 for `fcn_hr18s` and `fcn_hr48` (logit ranges 7.6 and 12.6); the nearest fuse this converter used to set gave 3.2
+and 3.8, one-step bilinear 0.69 and 1.09.
 """
 
 from __future__ import annotations
@@ -38,7 +57,7 @@ from seglab.convert.common import (
     model_variant,
 )
 
-OFFICIAL_OVERRIDES: dict[str, Any] = {"align_corners": True, "fuse_upsample": "bilinear", "head_conv_bias": True}
+OFFICIAL_OVERRIDES: dict[str, Any] = {"align_corners": False, "fuse_upsample": "bilinear", "head_conv_bias": True}
 TIMM_BACKBONE_OPTIONS: dict[str, Any] = {"fuse_upsample": "nearest"}
 
 _PARAM = r"(weight|bias)"
@@ -105,8 +124,9 @@ MMSEG_HEAD_TABLE: list[RenameRule] = [
     RenameRule(rf"decode_head\.convs\.0\.bn\.{_TENSOR}", r"decode_head.fuse.norm.\1"),
     RenameRule(rf"decode_head\.conv_seg\.{_PARAM}", r"decode_head.classifier.\1"),
 ]
-# mmseg HRNet: nearest x2^k upsampling in the fuse layers, bilinear resizes with align_corners False, no head conv bias
-MMSEG_OVERRIDES: dict[str, Any] = {"align_corners": False, "fuse_upsample": "nearest", "head_conv_bias": False}
+# mmseg HRNet: bilinear x2^k upsampling then a bilinear resize to the branch size in the fuse layers, align_corners
+# False everywhere, no head conv bias
+MMSEG_OVERRIDES: dict[str, Any] = {"align_corners": False, "fuse_upsample": "bilinear_scale", "head_conv_bias": False}
 
 OFFICIAL_DROPPED = [r"loss\.criterion\.weight"]  # class weights of the training loss, not part of the network
 TIMM_DROPPED = [r"(incre_modules|downsamp_modules|final_layer|classifier)\..*"]  # the ImageNet head
@@ -120,22 +140,29 @@ def hrnet_variant(model_name: str) -> str:
 
 
 def convert_hrnet_official(
-    state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict", align_corners: bool = True
+    state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict", align_corners: bool = False
 ) -> ConversionResult:
-    """Converts an official HRNet-Semantic-Segmentation checkpoint (`HighResolutionNet` + `last_layer`).
+    """Converts an official HRNet-Semantic-Segmentation checkpoint (`HighResolutionNet` + `last_layer`), or an
+    official HRNet-Image-Classification ImageNet checkpoint (no `last_layer`: the layout timm's `hrnet_*` holds) to
+    backbone-only weights through `convert_hrnet_timm_backbone`.
 
     Args:
         state_dict: the checkpoint's tensors, with or without the `model.` prefix of the released files;
             `loss.criterion.weight` is dropped.
         model_name: the seglab model the weights are for, `fcn_hrnetv2_w18s_v1` .. `fcn_hrnetv2_w48`.
         origin: the file name, for error messages.
-        align_corners: True for the HRNet-OCR-branch checkpoints (README), False for older ones (module docstring).
+        align_corners: the checkpoint's code version and config (module docstring): True for the HRNet-OCR branch's
+            ADE20K and COCO-Stuff models only; False (the default) for its Cityscapes / LIP / PASCAL-Context models and
+            for every checkpoint of the master and pytorch-v1.1 code (W48 Cityscapes / LIP / PASCAL-Context,
+            W18-Small-v1 / v2).
 
     Returns:
         seglab keys, `num_classes` read from the classifier, and the official numerics as overrides
         (`OFFICIAL_OVERRIDES`: `align_corners`, bilinear fuse upsampling, a biased head conv).
     """
     hrnet_variant(model_name)
+    if not any(re.fullmatch(rf"{_PREFIX}last_layer\..+", key) for key in state_dict):
+        return convert_hrnet_timm_backbone(state_dict, model_name, origin)
     source = SourceKeys(state_dict, origin)
     for pattern in OFFICIAL_DROPPED:
         source.drop(pattern)
@@ -167,10 +194,8 @@ def convert_hrnet_mmseg(
         origin: the file name, for error messages.
 
     Returns:
-        seglab keys, `num_classes` read from `conv_seg`, and mmseg's numerics as overrides (`MMSEG_OVERRIDES`). At
-        sizes whose branches do not halve exactly, mmseg upsamples by 2^k with nearest and then resizes bilinearly to
-        the branch size, where seglab interpolates nearest to the branch size directly; at the recipes' crops (512 x
-        1024, 512 x 512) and any size divisible by 32 the two are identical.
+        seglab keys, `num_classes` read from `conv_seg`, and mmseg's numerics as overrides (`MMSEG_OVERRIDES`: the
+        two-step bilinear fuse upsampling, `align_corners=False`, no head conv bias; see the module docstring).
     """
     hrnet_variant(model_name)
     source = SourceKeys(state_dict, origin)

@@ -50,12 +50,17 @@ from seglab.convert.common import (
     SourceKeys,
     TargetDict,
     apply_rename_table,
-    expected_state,
     finalize,
     model_variant,
     split_rows,
 )
-from seglab.convert.swin import convert_swin_hf, convert_swin_official
+from seglab.convert.swin import (
+    convert_swin_hf,
+    convert_swin_imagenet,
+    convert_swin_official,
+    is_swin_imagenet,
+    window_of,
+)
 
 _PARAM = r"(weight|bias)"
 _BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
@@ -146,8 +151,10 @@ def _num_laterals(keys: list[str], pattern: str) -> int:
     return max(found) + 1
 
 
-def _finish(source: SourceKeys, target: TargetDict, model_name: str, layout: str) -> ConversionResult:
-    """Reads classes, queries, decoder depth and the Swin window from the converted tensors, then checks the result."""
+def _finish(source: SourceKeys, target: TargetDict, model_name: str, layout: str,
+            numerics: dict | None = None) -> ConversionResult:
+    """Reads classes, queries, decoder depth and the Swin window from the converted tensors, then checks the result;
+    `numerics` are the layout's fixed overrides."""
     from seglab.models.maskformer import MaskFormerOptions
 
     source.check_consumed(f"{model_name} ({layout} layout)")
@@ -155,7 +162,7 @@ def _finish(source: SourceKeys, target: TargetDict, model_name: str, layout: str
     if key not in target.tensors:
         raise ValueError(f"the {layout} checkpoint has no class head ({key}); is it truncated?")
     defaults = MaskFormerOptions()
-    overrides: dict = {}
+    overrides: dict = dict(numerics or {})
     num_classes = int(target.tensors[key].shape[0]) - 1
     queries = int(target.tensors[f"{_PR}.query_embed.weight"].shape[0])
     if queries != defaults.num_queries:
@@ -163,19 +170,13 @@ def _finish(source: SourceKeys, target: TargetDict, model_name: str, layout: str
     layers = len({k.split(".")[4] for k in target.tensors if k.startswith(f"{_DEC}.")})
     if layers != defaults.dec_layers:
         overrides["dec_layers"] = layers
-    overrides |= _window_override(target, maskformer_backbone(model_name, layout))
+    window = window_of(target.tensors)
+    if window is not None:
+        from seglab.models.maskformer import MASKFORMER_SWIN_WINDOWS
+
+        if window != MASKFORMER_SWIN_WINDOWS[maskformer_backbone(model_name, layout).removeprefix("swin_")]:
+            overrides["window_size"] = window
     return finalize(source, target, model_name, num_classes, overrides)
-
-
-def _window_override(target: TargetDict, backbone: str) -> dict[str, int]:
-    """`{"window_size": w}` when the Swin relative-position tables are for another window than the model's default."""
-    from seglab.models.maskformer import MASKFORMER_SWIN_WINDOWS
-
-    table = next((v for k, v in target.tensors.items() if k.endswith("relative_position_bias_table")), None)
-    if table is None:
-        return {}
-    window = (int(round(table.shape[0] ** 0.5)) + 1) // 2  # ((2w - 1)^2, heads)
-    return {} if window == MASKFORMER_SWIN_WINDOWS[backbone.removeprefix("swin_")] else {"window_size": window}
 
 
 def convert_maskformer_hf(
@@ -262,7 +263,9 @@ def convert_maskformer_official(
 
     Returns:
         The state dict under seglab's names (the fused attention projections split into q/k/v; detectron2's FrozenBN
-        statistics as BatchNorm ones), `num_classes` and overrides (queries, decoder layers, Swin window).
+        statistics as BatchNorm ones), `num_classes` and overrides (queries, decoder layers, Swin window), with
+        `official_inference=True` (the official semantic map, see `seglab.models.maskformer.MaskFormerOptions`) and,
+        for Swin, `shrink_window=False`.
     """
     backbone = maskformer_backbone(model_name, "official")
     if not any(k.startswith("sem_seg_head.") for k in state_dict):
@@ -288,7 +291,10 @@ def convert_maskformer_official(
         for name, part in zip(("q_proj", "k_proj", "v_proj"), split_rows(fused, [dim] * 3, key), strict=True):
             target.put(f"{_DEC}.{layer}.{attn}.{name}.{param}", part, key)
     apply_rename_table(source, target, OFFICIAL_HEAD_TABLE)
-    return _finish(source, target, model_name, "official")
+    # the official test-time computation (pad to 32, upsample before the sigmoid); its Swin keeps the full window on
+    # maps smaller than it, as the Swin segmentation code it comes from
+    numerics = {"official_inference": True, **({"shrink_window": False} if backbone.startswith("swin_") else {})}
+    return _finish(source, target, model_name, "official", numerics)
 
 
 # --- ImageNet backbones (backbone-only) -----------------------------------------------------------------------------
@@ -304,40 +310,28 @@ TORCHVISION_RESNET_DROPPED = rf"fc\.{_PARAM}"  # the ImageNet classifier
 def _imagenet_backbone(
     state_dict: Mapping[str, torch.Tensor], model_name: str, backbone: str, origin: str
 ) -> ConversionResult:
-    """A torchvision ResNet or an official Swin ImageNet checkpoint as the backbone-only weights of `model_name`."""
+    """A torchvision ResNet or an ImageNet Swin checkpoint (official or timm) as the backbone-only weights of
+    `model_name`."""
+    if backbone.startswith("swin_"):
+        if not is_swin_imagenet(state_dict):
+            raise ValueError(f"{origin}: expected an ImageNet Swin checkpoint (official `swin_*_patch4_window*.pth` or "
+                             f"timm `swin_*`: `patch_embed.proj.*`, `layers.{{i}}.blocks.{{j}}.*`) or a whole "
+                             f"MaskFormer one (`sem_seg_head.*`) for {model_name}; first keys: "
+                             f"{', '.join(list(state_dict)[:5])}")
+        from seglab.models.maskformer import MASKFORMER_SWIN_WINDOWS
+
+        return convert_swin_imagenet(state_dict, model_name, origin,
+                                     MASKFORMER_SWIN_WINDOWS[backbone.removeprefix("swin_")])
+    if not any(k.startswith("layer1.") for k in state_dict):
+        raise ValueError(f"{origin}: expected a torchvision ResNet state dict (`conv1.weight`, `layer1.0.*`, ...) "
+                         f"or a whole MaskFormer checkpoint (`sem_seg_head.*`) for {model_name}; first keys: "
+                         f"{', '.join(list(state_dict)[:5])}")
     source = SourceKeys(state_dict, origin)
     target = TargetDict()
-    is_swin = any(k.startswith("layers.") for k in state_dict)
-    is_resnet = any(k.startswith("layer1.") for k in state_dict)
-    if backbone.startswith("swin_"):
-        if not is_swin:
-            raise ValueError(f"{origin}: expected an official Swin ImageNet checkpoint (`patch_embed.proj.*`, "
-                             f"`layers.{{i}}.blocks.{{j}}.*`) or a whole MaskFormer one (`sem_seg_head.*`) for "
-                             f"{model_name}; first keys: {', '.join(list(state_dict)[:5])}")
-        try:
-            converted = convert_swin_official(state_dict)
-        except ValueError as exc:
-            raise ValueError(f"{origin}: {exc}") from exc
-        source.consumed.update(state_dict)
-        source.dropped.extend(k for k in state_dict if re.match(r"(norm|head)\.", k) or
-                              k.endswith((".relative_position_index", ".attn_mask")))
-        for key, value in converted.items():
-            target.put(key, value, "Swin ImageNet checkpoint (via seglab.convert.swin)")
-        overrides = _window_override(target, backbone)
-        for key, value in expected_state(model_name, None, overrides, backbone_only=True).items():
-            if key.startswith("backbone.out_norms.") and key not in target.tensors:
-                fill = torch.ones if key.endswith(".weight") else torch.zeros
-                target.put(key, fill(value.shape), "LayerNorm initialisation (not in an ImageNet checkpoint)")
-    else:
-        if not is_resnet:
-            raise ValueError(f"{origin}: expected a torchvision ResNet state dict (`conv1.weight`, `layer1.0.*`, ...) "
-                             f"or a whole MaskFormer checkpoint (`sem_seg_head.*`) for {model_name}; first keys: "
-                             f"{', '.join(list(state_dict)[:5])}")
-        source.drop(TORCHVISION_RESNET_DROPPED)
-        apply_rename_table(source, target, TORCHVISION_RESNET_TABLE)
-        overrides = {}
-    source.check_consumed(f"the backbone of {model_name} (ImageNet {'Swin' if is_swin else 'ResNet'})")
-    return finalize(source, target, model_name, None, overrides, backbone_only=True)
+    source.drop(TORCHVISION_RESNET_DROPPED)
+    apply_rename_table(source, target, TORCHVISION_RESNET_TABLE)
+    source.check_consumed(f"the backbone of {model_name} (ImageNet ResNet)")
+    return finalize(source, target, model_name, None, {}, backbone_only=True)
 
 
 __all__ = ["convert_maskformer_hf", "convert_maskformer_official", "maskformer_backbone"]

@@ -15,7 +15,9 @@ mmseg layout (`SegmenterMaskTransformerHead`, 0.x and 1.x): the backbone `backbo
 {ln1, attn.attn.in_proj_weight/bias, attn.attn.out_proj, ln2, ffn.layers.0.0, ffn.layers.1}`, `decode_head.
 decoder_norm`, `decode_head.patch_proj`, `decode_head.classes_proj`, `decode_head.mask_norm`, and the `conv_seg` that
 mmseg's `BaseDecodeHead` always builds but the mask transformer never uses (dropped); the linear models are an
-`FCNHead` with `num_convs=0`: `decode_head.conv_seg` only. mmseg's numerics are seglab's defaults.
+`FCNHead` with `num_convs=0`: `decode_head.conv_seg` only. mmseg's numerics are seglab's defaults, except that mmseg
+1.x's ViT has no patch-embedding bias (`patch_bias=False` by default there; 0.x had one): without
+`backbone.patch_embed.projection.bias` the result carries `patch_bias=False`.
 
 A source without a decoder (a timm / official-encoder ViT for `official`, an mmseg ViT such as the `vit_*_p16_384.pth`
 that mmseg's recipes pretrain from for `mmseg`, a JAX / AugReg `.npz` for either) converts to backbone-only weights
@@ -42,7 +44,7 @@ from seglab.convert.common import (
     finalize,
     linear_to_conv1x1,
 )
-from seglab.convert.vit import convert_vit_mmseg, convert_vit_timm, imagenet_vit_backbone
+from seglab.convert.vit import convert_vit_mmseg, convert_vit_timm, imagenet_vit_backbone, patch_bias_overrides
 
 _PARAM = r"(weight|bias)"
 _BLOCK_PARTS = r"(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
@@ -141,7 +143,7 @@ def _finish(
     if img_size is not None and img_size != grid * 16:
         raise ValueError(f"{source.origin}: its position embedding is trained for img_size {grid * 16}; a whole-model "
                          f"checkpoint keeps its grid (img_size {img_size} is for backbone-only sources)")
-    overrides = dict(overrides)
+    overrides = {**overrides, **patch_bias_overrides(target.tensors, "backbone.")}
     if grid * 16 != SEGMENTER_VARIANTS[variant]:
         overrides["img_size"] = grid * 16
     return finalize(source, target, model_name, num_classes, overrides)
@@ -201,7 +203,8 @@ def convert_segmenter_mmseg(
 
     Returns:
         seglab keys and `num_classes` read from the class embeddings (or `conv_seg`); mmseg's numerics are seglab's
-        defaults, so the only possible override is `img_size` (a position-embedding grid other than the variant's).
+        defaults, so the only possible overrides are `img_size` (a position-embedding grid other than the variant's)
+        and `patch_bias=False` (a checkpoint trained with mmseg 1.x, whose ViT has no patch-embedding bias).
     """
     variant, linear = segmenter_variant(model_name, "mmseg")
     source = SourceKeys(state_dict, origin)

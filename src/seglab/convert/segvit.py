@@ -12,7 +12,8 @@ Layout of the released files (`state_dict` of an mmseg `EncoderDecoder`):
   the inner `ATMSingleHead` under `atm.` (`atm.q`, `atm.decoder_1.layers.{j}.*`, `atm.class_embed`). seglab uses
   these names, so the head maps one to one.
 - `decode_head.loss_decode.criterion.empty_weight`: the loss's class weights (a buffer of the training criterion),
-  dropped.
+  dropped; Shrunk checkpoints also hold `decode_head.atm.loss_decode.criterion.empty_weight` (the inner
+  `ATMSingleHead` is built with `TPNATMHead`'s keyword arguments, `loss_decode` included), dropped too.
 
 `num_classes` is read from `class_embed`, and the training crop (`img_size`) from the position embedding's grid;
 a crop other than the variant's default becomes an `img_size` override (e.g. 512 for the COCO-Stuff-10k ViT-L models,
@@ -69,7 +70,8 @@ TPN_HEAD_TABLE = [
     RenameRule(rf"decode_head\.atm\.decoder_1\.layers\.(\d+)\.{_ATM_LAYER}", r"decode_head.atm.decoder_1.layers.\1.\2"),
     RenameRule(rf"decode_head\.atm\.class_embed\.{_PARAM}", r"decode_head.atm.class_embed.\1"),
 ]
-DROPPED = [r"decode_head\.loss_decode\.criterion\.empty_weight"]  # ATMLoss's class weights, not part of the network
+# ATMLoss's class weights, not part of the network; `atm.` is the inner ATMSingleHead of TPNATMHead (Shrunk)
+DROPPED = [r"decode_head\.(?:atm\.)?loss_decode\.criterion\.empty_weight"]
 
 
 def segvit_variant(model_name: str) -> str:

@@ -24,11 +24,12 @@ Heads are renamed here:
   Overrides: `classifier_kernel=3`, `up_align_corners=True`.
 
 Every converter reads `num_classes` from the classifier and `img_size` from the position embedding (square grids), and
-picks the ViT variant from the width and depth. A source without `decode_head.*` keys is an ImageNet encoder (mmseg
-ViT for `mmseg`, timm / `jx_vit_*` for `official`, a JAX / AugReg `.npz` for either): it converts to backbone keys
-only (`seglab.convert.vit.imagenet_vit_backbone`), its final norm and classifier dropped and its position embedding
-resampled bilinearly to the model's grid, as both codes do when they load it. `img_size` picks that grid (768 for the
-Cityscapes recipes, 480 for Pascal Context) and is returned as an override.
+picks the ViT variant from the width and depth; an mmseg 1.x checkpoint (its ViT is built with `patch_bias=False`, no
+`backbone.patch_embed.projection.bias`) gets `patch_bias=False`. A source without `decode_head.*` keys is an ImageNet
+encoder (mmseg ViT for `mmseg`, timm / `jx_vit_*` for `official`, a JAX / AugReg `.npz` for either): it converts to
+backbone keys only (`seglab.convert.vit.imagenet_vit_backbone`), its final norm and classifier dropped and its position
+embedding resampled bilinearly to the model's grid, as both codes do when they load it. `img_size` picks that grid (768
+for the Cityscapes recipes, 480 for Pascal Context) and is returned as an override.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from seglab.convert.common import (
     model_variant,
     permute_concat_blocks,
 )
-from seglab.convert.vit import convert_vit_mmseg, convert_vit_timm, imagenet_vit_backbone
+from seglab.convert.vit import convert_vit_mmseg, convert_vit_timm, imagenet_vit_backbone, patch_bias_overrides
 
 _PARAM = r"(weight|bias)"
 _BN_LEAF = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
@@ -169,8 +170,8 @@ def convert_setr_mmseg(
 
     Returns:
         seglab keys; `num_classes` from the classifier; overrides: `img_size` from the position embedding, `vit` from
-        the width and depth, the number of auxiliary heads, plus `overrides`. mmseg's numerics are the models'
-        defaults.
+        the width and depth, the number of auxiliary heads, `patch_bias=False` for a checkpoint trained with mmseg 1.x
+        (its ViT has no patch-embedding bias), plus `overrides`. mmseg's other numerics are the models' defaults.
     """
     variant = setr_variant(model_name, "mmseg")
     overrides = _with_img_size(overrides, img_size)
@@ -312,7 +313,8 @@ def _finish(
         raise ValueError(f"{source.origin}: no decode-head classifier (`decode_head.conv_seg`, `.cls` or the last "
                          f"`.conv_k`); is it a SETR checkpoint of this head type ({model_name})?")
     num_classes = int(target.tensors[key].shape[0])
-    inferred = {**inferred, "img_size": _grid_img_size(target), "vit": _vit_variant(target)}
+    inferred = {**inferred, "img_size": _grid_img_size(target), "vit": _vit_variant(target),
+                **patch_bias_overrides(target.tensors, "backbone.")}
     requested = (overrides or {}).get("img_size")
     if requested is not None and requested != inferred["img_size"]:
         raise ValueError(f"{source.origin}: its position embedding is trained for img_size {inferred['img_size']}; "

@@ -36,7 +36,15 @@ from collections.abc import Mapping
 
 import torch
 
-from seglab.convert.common import RenameRule, SourceKeys, TargetDict, apply_rename_table
+from seglab.convert.common import (
+    ConversionResult,
+    RenameRule,
+    SourceKeys,
+    TargetDict,
+    apply_rename_table,
+    expected_state,
+    finalize,
+)
 
 _PARAM = r"(weight|bias)"
 _BLOCK_PARTS = r"(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
@@ -248,4 +256,55 @@ def convert_swin_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
                      f"first keys: {', '.join(list(state_dict)[:5])}")
 
 
-__all__ = ["convert_swin_hf", "convert_swin_official", "convert_swin_timm", "unfold_to_concat_order"]
+def is_swin_imagenet(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether `state_dict` is a Swin ImageNet classifier: official (`layers.0.downsample`, merging at the end of
+    stages 0-2) or timm (`layers.1.downsample`, merging at the start of stages 1-3), without a `backbone.` prefix."""
+    return any(re.match(r"layers\.[01]\.downsample\.", k) for k in state_dict)
+
+
+def window_of(tensors: Mapping[str, torch.Tensor]) -> int | None:
+    """The attention window the first relative-position bias table ((2w - 1)^2, heads) is for, or None."""
+    table = next((v for k, v in tensors.items() if k.endswith("relative_position_bias_table")), None)
+    return None if table is None else (round(table.shape[0] ** 0.5) + 1) // 2
+
+
+def convert_swin_imagenet(
+    state_dict: Mapping[str, torch.Tensor], model_name: str, origin: str, default_window: int
+) -> ConversionResult:
+    """An ImageNet Swin classifier as the backbone-only weights of `model_name` (a recipe's `model.pretrained`).
+
+    Takes the official checkpoints (`swin_tiny_patch4_window7_224.pth`, ..., what the segmentation recipes start
+    from) and timm's `swin_*` (the same weights, patch merging at the start of the next stage). The classifier's
+    `norm` and `head` are dropped; the per-stage output norms, new layers of the segmentation model, get LayerNorm's
+    initialisation (weight 1, bias 0), as mmseg and the official segmentation code initialise them.
+
+    Args:
+        state_dict: the classifier's tensors.
+        model_name: a model with a Swin backbone (`upernet_swin_*`, `maskformer_swin_*`).
+        origin: the file name, for error messages.
+        default_window: the model's default window; another window in the file becomes the `window_size` override.
+    """
+    source = SourceKeys(state_dict, origin)
+    timm = not any(k.startswith("layers.0.downsample.") for k in state_dict)  # official: merging ends stages 0-2
+    try:
+        converted = convert_swin_timm(state_dict) if timm else convert_swin_official(state_dict)
+    except ValueError as exc:
+        raise ValueError(f"{origin}: {exc}") from exc
+    source.consumed.update(state_dict)
+    source.dropped.extend(k for k in state_dict if re.match(r"(norm|head)\.", k) or
+                          k.endswith((".relative_position_index", ".attn_mask")))
+    target = TargetDict()
+    for key, value in converted.items():
+        target.put(key, value, f"Swin ImageNet checkpoint ({'timm' if timm else 'official'} layout)")
+    window = window_of(target.tensors)
+    overrides = {} if window in (None, default_window) else {"window_size": window}
+    for key, value in expected_state(model_name, None, overrides, backbone_only=True).items():
+        if key.startswith("backbone.out_norms.") and key not in target.tensors:
+            fill = torch.ones if key.endswith(".weight") else torch.zeros
+            target.put(key, fill(value.shape), "LayerNorm initialisation (not in an ImageNet checkpoint)")
+    source.check_consumed(f"the backbone of {model_name} (ImageNet Swin)")
+    return finalize(source, target, model_name, None, overrides, backbone_only=True)
+
+
+__all__ = ["convert_swin_hf", "convert_swin_imagenet", "convert_swin_official", "convert_swin_timm",
+           "is_swin_imagenet", "unfold_to_concat_order", "window_of"]

@@ -8,6 +8,12 @@ transformers (`UperNetForSemanticSegmentation`): the same module names with `bat
 
 Backbones are mapped by `seglab.convert.swin` (transformers' `SwinBackbone`; the official / mmseg 0.x and mmseg 1.x
 Swin layouts, told apart by their keys). Source `mmseg` covers both mmseg-based layouts.
+
+Numerics: both mmseg-based codes keep Swin's full 7x7 (12x12) window and its shift on a stage map smaller than the
+window and pad it, where transformers (and seglab's default) shrink the window to the map: the mmseg converter sets
+`shrink_window=False` (measured against mmseg 1.2.2 on a 75x93 input, whose stride-16 and -32 maps are 5x6 and 3x3: a
+difference of 2.1 in the stage-3 features without it, 1e-5 with it, tests/reference/test_mmseg.py). At inputs whose
+every stage map exceeds the window (224 pixels and more on each side for window 7) the two agree.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from seglab.convert.common import (
     has_decode_head,
     model_variant,
 )
-from seglab.convert.swin import convert_swin_hf, convert_swin_official
+from seglab.convert.swin import convert_swin_hf, convert_swin_imagenet, convert_swin_official, is_swin_imagenet
 
 _PARAM = r"(weight|bias)"
 _BN_LEAF = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
@@ -48,6 +54,11 @@ def _head_table(norm: str, classifier: str) -> list[RenameRule]:
 
 
 MMSEG_HEAD_TABLE = _head_table("bn", "conv_seg")
+# buffers derived from the window size in the source Swin layouts (persistent there, recomputed in seglab)
+DERIVED_BUFFERS = r"backbone\..*\.(relative_position_index|attn_mask)"
+# the Swin segmentation code and mmseg's `SwinTransformer` pad a map smaller than the window instead of shrinking the
+# window (transformers shrinks it, as seglab's default)
+MMSEG_OVERRIDES: dict = {"shrink_window": False}
 HF_HEAD_TABLE = _head_table("batch_norm", "classifier")
 
 
@@ -58,14 +69,17 @@ def upernet_variant(model_name: str, source: str) -> str:
     return model_variant(model_name, "upernet_swin_", UPERNET_SWIN_VARIANTS, "UperNet-Swin", source)
 
 
-def _finish(source: SourceKeys, target: TargetDict, model_name: str, layout: str) -> ConversionResult:
-    """Reads classes, head width and whether the auxiliary head is present, then checks the result."""
+def _finish(
+    source: SourceKeys, target: TargetDict, model_name: str, layout: str, numerics: dict | None = None
+) -> ConversionResult:
+    """Reads classes, head width and whether the auxiliary head is present, then checks the result; `numerics` are the
+    layout's fixed overrides."""
     source.check_consumed(f"{model_name} ({layout} layout)")
     key = "decode_head.classifier.weight"
     if key not in target.tensors:
         raise ValueError(f"the {layout} checkpoint has no decode-head classifier; is it truncated?")
     num_classes, channels = target.tensors[key].shape[:2]
-    overrides: dict = {}
+    overrides: dict = dict(numerics or {})
     if channels != 512:
         overrides["head_channels"] = int(channels)
     aux_key = "aux_heads.0.classifier.weight"
@@ -86,18 +100,20 @@ def _finish(source: SourceKeys, target: TargetDict, model_name: str, layout: str
 def _convert(
     state_dict: dict[str, torch.Tensor], model_name: str, origin: str, layout: str,
     backbone: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]], head_table: list[RenameRule],
+    numerics: dict | None = None,
 ) -> ConversionResult:
     """Head renames plus a backbone mapping (`backbone.*` keys in and out) applied to the `backbone.*` keys; the model
-    name was checked by the caller."""
+    name was checked by the caller; `numerics` are the layout's fixed overrides."""
     source = SourceKeys(state_dict, origin)
     target = TargetDict()
     backbone_keys = [k for k in source.keys() if k.startswith("backbone.")]
     converted = backbone({k: source.tensors[k] for k in backbone_keys})  # fails on a backbone key it cannot map
+    source.drop(DERIVED_BUFFERS)  # skipped by the Swin mappings; listed in `dropped` like every unused key
     source.consumed.update(backbone_keys)
     for key, value in converted.items():
         target.put(key, value, "backbone.*")
     apply_rename_table(source, target, head_table)
-    return _finish(source, target, model_name, layout)
+    return _finish(source, target, model_name, layout, numerics)
 
 
 def convert_upernet_swin_hf(
@@ -118,15 +134,24 @@ def convert_upernet_swin_mmseg(
     state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict"
 ) -> ConversionResult:
     """Converts a UperNet-Swin checkpoint of the official Swin-Transformer-Semantic-Segmentation repo (mmseg 0.x
-    layout) or of mmsegmentation 1.x (the backbone layout is recognised from the keys).
+    layout) or of mmsegmentation 1.x (the backbone layout is recognised from the keys), or an ImageNet Swin classifier
+    (official `swin_*_patch4_window*.pth` or timm `swin_*`) to backbone-only weights (`convert_swin_imagenet`).
 
     Args:
         state_dict: the segmentor's `state_dict`.
         model_name: `upernet_swin_t` .. `upernet_swin_l`.
         origin: the file name, for error messages.
+
+    Returns:
+        seglab keys, `num_classes`, and `MMSEG_OVERRIDES` (both codes keep the full attention window on maps smaller
+        than it) with the head widths and window size the checkpoint's shapes tell.
     """
-    upernet_variant(model_name, "mmseg")
-    return _convert(state_dict, model_name, origin, "mmseg", convert_swin_official, MMSEG_HEAD_TABLE)
+    variant = upernet_variant(model_name, "mmseg")
+    if is_swin_imagenet(state_dict):  # what the recipes' `model.pretrained` starts from
+        from seglab.backbones.swin import SWIN_CONFIGS
+
+        return convert_swin_imagenet(state_dict, model_name, origin, SWIN_CONFIGS[variant].window_size)
+    return _convert(state_dict, model_name, origin, "mmseg", convert_swin_official, MMSEG_HEAD_TABLE, MMSEG_OVERRIDES)
 
 
 def convert_upernet_asmlp(

@@ -16,7 +16,12 @@ Layouts:
   `layers.{i}.attn.attn.out_proj`, `layers.{i}.ffn.layers.0.0` (fc1) and `ffn.layers.1` (fc2), and the final norm at
   top level as `ln1` (mmseg builds it with `build_norm_layer(..., postfix=1)`). With a `backbone.` prefix, the keys of
   a whole segmentor may be passed: `decode_head.*` / `auxiliary_head.*` are left to the head converters (ignored).
-  `patch_norm=True` checkpoints (`patch_embed.norm`) are refused: seglab's patch embedding has no norm.
+  `patch_norm=True` checkpoints (`patch_embed.norm`) are refused: seglab's patch embedding has no norm. NOTE: mmseg
+  1.x builds `VisionTransformer` with `patch_bias=False` by default (0.x always had the bias, and the ImageNet files
+  of `vit2mmseg.py` keep timm's), so models trained with 1.x have no `patch_embed.projection.bias`: the result then
+  has no `patch_embed.proj.bias` and the model is built with `patch_bias=False` (`patch_bias_overrides`). mmseg 1.x
+  loads a file that has the bias into its bias-free model with `strict=False`, silently dropping it; seglab keeps
+  it, i.e. the network the weights were trained as.
 - JAX / AugReg `.npz` (google-research/vision_transformer, as timm's `_load_weights` reads them): `embedding/kernel`
   (P, P, C_in, C: HWIO), `embedding/bias`, `cls` (1, 1, C), `Transformer/posembed_input/pos_embedding` (1, 1 + N, C),
   `Transformer/encoderblock_{i}/LayerNorm_0` (norm1) and `LayerNorm_2` (norm2) `scale|bias`,
@@ -213,6 +218,12 @@ def convert_vit_jax_npz(
     return _finish(source, target, dropped, "the ViT backbone (JAX .npz layout)")
 
 
+def patch_bias_overrides(backbone: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, Any]:
+    """`{"patch_bias": False}` when converted ViT weights (keys under `prefix`) have a patch-embedding conv without a
+    bias (an mmseg 1.x ViT), else `{}` (the models' default)."""
+    return {} if f"{prefix}patch_embed.proj.bias" in backbone else {"patch_bias": False}
+
+
 def is_jax_vit(state_dict: Mapping[str, object]) -> bool:
     """Whether a source holds JAX ViT arrays (`embedding/kernel`, under any prefix) rather than PyTorch keys."""
     return any(key.endswith("embedding/kernel") for key in state_dict)
@@ -230,7 +241,8 @@ def imagenet_vit_backbone(
         convert_vit: the layout's converter (`convert_vit_timm` / `convert_vit_mmseg`); JAX arrays (`is_jax_vit`) go
             through `convert_vit_jax_npz` instead.
         model_name: the seglab model the weights are for.
-        overrides: its constructor options (e.g. `img_size`, which sets the grid); returned as the result's overrides.
+        overrides: its constructor options (e.g. `img_size`, which sets the grid); returned as the result's overrides,
+            with `patch_bias=False` added for a source without a patch-embedding bias (an mmseg 1.x ViT).
         final_norm: whether the model's backbone has a final norm (kept) or not (the source's is dropped).
 
     Returns:
@@ -248,6 +260,7 @@ def imagenet_vit_backbone(
     except ValueError as exc:  # the layout converters name the layout, not the file
         raise ValueError(f"{source.origin}: {exc}") from exc
     source.dropped.extend(dropped)
+    overrides = {**overrides, **patch_bias_overrides(backbone)}
     with torch.device("meta"):
         model = create_model(model_name, **overrides)
     grid, mode = tuple(model.backbone.grid_size), model.backbone.interpolate_mode

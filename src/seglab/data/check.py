@@ -4,7 +4,8 @@ For each split it builds the dataset as training would (same layout, same option
 images without masks, masks without images, names in split lists without files and empty files, then decodes a
 sample of the pairs and reports undecodable files, colour masks, size mismatches and label values outside the
 class range. The sampled masks give a class-frequency table. Conversions of images (grayscale, alpha, 16-bit)
-are noted, not counted as problems.
+are noted, not counted as problems. Every message names its files by their path relative to the dataset root the
+report starts with (`images/train/00005.png`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from seglab.data.datasets import (
     dataset_arguments,
     read_image,
     read_mask,
+    relative_path,
 )
 
 _CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -153,17 +155,21 @@ def _first(paths: Sequence[Any], limit: int = 5) -> str:
 
 def _check_split(dataset: FolderPairs, check: SplitCheck, samples: int) -> None:
     """Fills `check` from an opened split: empty files, then decoding and labels of the sampled pairs."""
+
+    def rel(path: Path) -> str:
+        return relative_path(path, dataset.root)
+
     check.pairs = len(dataset)
-    check.problems += dataset.index.problems
+    check.problems += dataset.index.problems  # these name their files relative to the root already
     empty = [p for pair in dataset.samples for p in pair if os.path.getsize(p) == 0]
     if empty:
-        check.problems.append(f"{len(empty)} empty file(s) (0 bytes): {_first(empty)}")
+        check.problems.append(f"{len(empty)} empty file(s) (0 bytes): {_first([rel(p) for p in empty])}")
     num_classes, ignore = dataset.num_classes, dataset.ignore_index
     pixel_counts = np.zeros(num_classes, dtype=np.int64)
     image_counts = np.zeros(num_classes, dtype=np.int64)
     undecodable: list[str] = []
-    out_of_range: dict[int, list[Path]] = {}
-    converted: dict[str, list[Path]] = {}
+    out_of_range: dict[int, list[str]] = {}
+    converted: dict[str, list[str]] = {}
     empty_set = set(empty)
     indices = _sample_indices(len(dataset), samples)
     for i in indices:
@@ -177,18 +183,18 @@ def _check_split(dataset: FolderPairs, check: SplitCheck, samples: int) -> None:
             for w in caught:
                 kind = next((k for k, text in IMAGE_CONVERSIONS.items() if text in str(w.message)), None)
                 if kind is not None:
-                    converted.setdefault(kind, []).append(img_path)
+                    converted.setdefault(kind, []).append(rel(img_path))
             mask = dataset.reduce_labels(read_mask(ann_path)).numpy()
-        except DatasetError as e:
-            undecodable.append(str(e))
+        except DatasetError as e:  # the message names the file by its full path
+            undecodable.append(str(e).replace(str(img_path), rel(img_path)).replace(str(ann_path), rel(ann_path)))
             continue
         if mask.shape != tuple(image.shape[-2:]):
-            check.problems.append(f"mask {ann_path} is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image "
-                                  f"{img_path} is {image.shape[1]}x{image.shape[2]}")
+            check.problems.append(f"mask {rel(ann_path)} is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image "
+                                  f"{rel(img_path)} is {image.shape[1]}x{image.shape[2]}")
         labelled = mask[mask != ignore]
         bad = labelled[(labelled < 0) | (labelled >= num_classes)]
         for value in np.unique(bad).tolist():
-            out_of_range.setdefault(int(value), []).append(ann_path)
+            out_of_range.setdefault(int(value), []).append(rel(ann_path))
         counts = np.bincount(labelled[(labelled >= 0) & (labelled < num_classes)], minlength=num_classes)
         pixel_counts += counts
         image_counts += counts > 0
@@ -257,8 +263,8 @@ def check_dataset(
         report.splits.append(check)
         try:
             opened = build_dataset(name, root, split, skip_unpaired=True, **kwargs)
-        except DatasetError as e:
-            check.problems.append(str(e))
+        except DatasetError as e:  # a layout error names folders and files under the root: shorten them likewise
+            check.problems.append(str(e).replace(f"{root}{os.sep}", ""))
             continue
         report.root, report.classes = str(opened.root), opened.classes
         report.ignore_index, report.reduce_zero_label = opened.ignore_index, opened.reduce_zero_label

@@ -138,6 +138,19 @@ def _list_names(keys: Sequence[str], limit: int = 5) -> str:
     return shown + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
+def relative_path(path: str | Path, root: str | Path) -> str:
+    """`path` relative to the dataset `root` (POSIX separators), as messages name files; unchanged when outside it."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _alternatives(suffixes: Sequence[str]) -> str:
+    """`.png`, or `{.jpg,.png}` for several endings."""
+    return suffixes[0] if len(suffixes) == 1 else "{" + ",".join(suffixes) + "}"
+
+
 # ---------------------------------------------------------------------------------------------------- decoding
 def _decode_error(kind: str, path: str | Path, error: Exception) -> DatasetError:
     """The error for a file PIL could not read, saying whether it is empty or cut short."""
@@ -320,15 +333,18 @@ def index_split(
         index.samples = [(images[k], masks[k]) for k in sorted(images) if k in masks]
         index.images_without_masks = sorted(set(images) - set(masks))
         index.masks_without_images = sorted(set(masks) - set(images))
+        # files are named by their path relative to the dataset root, the folders looked in the same way
         if index.images_without_masks:
             index.problems.append(
-                f"{len(index.images_without_masks)} image(s) in {img_root} without a mask (looked for "
-                f"NAME{ann_suffix} in {ann_root}): {_list_names(index.images_without_masks)}"
+                f"{len(index.images_without_masks)} image(s) without a mask (looked for "
+                f"{relative_path(ann_root, root)}/NAME{ann_suffix}): "
+                f"{_list_names([relative_path(images[k], root) for k in index.images_without_masks])}"
             )
         if index.masks_without_images:
             index.problems.append(
-                f"{len(index.masks_without_images)} mask(s) in {ann_root} without an image (looked for "
-                f"NAME{{{','.join(img_suffixes)}}} in {img_root}): {_list_names(index.masks_without_images)}"
+                f"{len(index.masks_without_images)} mask(s) without an image (looked for "
+                f"{relative_path(img_root, root)}/NAME{_alternatives(img_suffixes)}): "
+                f"{_list_names([relative_path(masks[k], root) for k in index.masks_without_images])}"
             )
         return index
 
@@ -353,7 +369,7 @@ def index_split(
         if not names:
             raise DatasetError(f"split list {list_path} is empty (split {split!r}); {layout}")
         index.sources.append(str(list_path))
-        no_image, no_mask = [], []
+        no_image, no_mask, no_mask_files = [], [], []
         for name in names:
             image = next((img_root / f"{name}{s}" for s in img_suffixes if (img_root / f"{name}{s}").is_file()), None)
             mask = ann_root / f"{name}{ann_suffix}"
@@ -361,17 +377,20 @@ def index_split(
                 no_image.append(name)
             elif not mask.is_file():
                 no_mask.append(name)
+                no_mask_files.append(relative_path(image, root))
             else:
                 index.samples.append((image, mask))
+        listed = relative_path(list_path, root)
         if no_image:
+            images = relative_path(img_root, root)
             index.problems.append(
-                f"{len(no_image)} name(s) listed in {list_path} have no image (looked for "
-                f"NAME{{{','.join(img_suffixes)}}} in {img_root}): {_list_names(no_image)}"
+                f"{len(no_image)} name(s) listed in {listed} have no image: "
+                f"{_list_names([f'{images}/{name}{_alternatives(img_suffixes)}' for name in no_image])}"
             )
         if no_mask:
             index.problems.append(
-                f"{len(no_mask)} image(s) listed in {list_path} without a mask (looked for NAME{ann_suffix} in "
-                f"{ann_root}): {_list_names(no_mask)}"
+                f"{len(no_mask)} image(s) listed in {listed} without a mask (looked for "
+                f"{relative_path(ann_root, root)}/NAME{ann_suffix}): {_list_names(no_mask_files)}"
             )
         index.listed_without_image += no_image
         index.images_without_masks += no_mask
@@ -456,7 +475,7 @@ class FolderPairs(Dataset):
         self.index = index_split(self.root, split, img_dir, ann_dirs, img_suffixes, ann_suffix, split_files,
                                  layout)
         if self.index.problems and not skip_unpaired:
-            raise DatasetError("; ".join(self.index.problems))
+            raise DatasetError(f"in {self.root}: " + "; ".join(self.index.problems))
         if not self.index.samples:
             raise DatasetError("; ".join([f"split {split!r} of {self.root} has no image with a mask",
                                           *self.index.problems]))

@@ -8,7 +8,12 @@ geometry (a pixel belongs to a shape when the shape covers at least half of it),
 earlier ones in both.
 
 Generation is deterministic: image `i` of a split depends only on `(seed, split, i)`, through its own numpy
-`SeedSequence`, so the same seed writes byte-identical files and train and val never share an image.
+`SeedSequence`, so the same seed writes byte-identical files and train and val never share an image. It is also
+the same on every machine: all arithmetic is float64 and the only transcendental functions are numpy's and
+Python's, whose last-bit results can differ between CPUs (numpy's vector maths differs between AVX-512 and AVX2);
+such a difference (~1e-13 of a pixel value) changes a pixel only if a value lies that close to a rounding boundary
+of `rint` or of the rasteriser, which none of the generated values does in practice. `tests/unit/test_synthetic.py`
+checks a digest of the decoded pixels of a small set.
 """
 
 from __future__ import annotations
@@ -101,11 +106,16 @@ def _shape_polygons(cls: int, radius: float, aspect: float, rng: np.random.Gener
     raise ValueError(f"class {cls} ({name!r}) is not a shape")
 
 
+def _unit(vector: np.ndarray) -> np.ndarray:
+    """`vector / (|vector| + 1e-6)`, the norm summed in a fixed order (BLAS kernels differ between CPUs)."""
+    return vector / (math.sqrt(sum(float(v) * float(v) for v in vector)) + 1e-6)
+
+
 def _background(rng: np.random.Generator, height: int, width: int, options: ShapesOptions) -> np.ndarray:
-    """A float32 (H, W, 3) background: a two-colour gradient, optionally textured."""
+    """A float64 (H, W, 3) background: a two-colour gradient, optionally textured."""
     c0, c1 = rng.uniform(0, 255, size=(2, 3))
     theta = rng.uniform(0, 2 * math.pi)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
     t = xs * math.cos(theta) + ys * math.sin(theta)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     image = c0 + (c1 - c0) * t[..., None]
@@ -121,29 +131,27 @@ def _background(rng: np.random.Generator, height: int, width: int, options: Shap
             else:
                 v = (-xs * math.sin(phi) + ys * math.cos(phi)) * 2 * math.pi / period
                 pattern = np.sign(np.sin(u) * np.sin(v))
-            direction = rng.normal(size=3)
-            direction /= np.linalg.norm(direction) + 1e-6
+            direction = _unit(rng.normal(size=3))
             image = image + amplitude * pattern[..., None] * direction
         elif kind == 3:
             cells = int(rng.integers(4, 17))
             low = rng.uniform(0, 255, size=(cells, cells, 3)).astype(np.uint8)
-            blurred = np.asarray(Image.fromarray(low).resize((width, height), Image.Resampling.BICUBIC), np.float32)
+            blurred = np.asarray(Image.fromarray(low).resize((width, height), Image.Resampling.BICUBIC), np.float64)
             image = image + (blurred - 127.5) * (amplitude / 127.5)
-    return np.clip(image, 0, 255).astype(np.float32)
+    return np.clip(image, 0, 255)
 
 
 def _pick_colour(rng: np.random.Generator, under: np.ndarray, options: ShapesOptions) -> np.ndarray:
     """A shape colour at least `min_contrast` away (RGB distance) from `under`, sometimes just that far."""
     if rng.random() < options.close_colour_prob:
         for _ in range(20):
-            direction = rng.normal(size=3)
-            direction /= np.linalg.norm(direction) + 1e-6
+            direction = _unit(rng.normal(size=3))
             colour = under + direction * rng.uniform(options.min_contrast, 1.4 * options.min_contrast)
             if np.all((colour >= 0) & (colour <= 255)):
                 return colour
     for _ in range(20):
         colour = rng.uniform(0, 255, size=3)
-        if np.linalg.norm(colour - under) >= options.min_contrast:
+        if math.dist(colour, under) >= options.min_contrast:
             return colour
     # fall back to the RGB cube corner farthest from `under`: always >= 127.5 * sqrt(3) away
     return np.where(under < 127.5, 255.0, 0.0)
@@ -190,7 +198,7 @@ def render_shapes(
         for k, polygon in enumerate(polygons):
             points = ((polygon - (x0, y0)) * ss).ravel().tolist()
             draw.polygon(points, fill=255 if k == 0 else 0)
-        alpha = np.asarray(coverage.reduce(ss), np.float32)[..., None] / 255.0  # (h, w, 1) area coverage
+        alpha = np.asarray(coverage.reduce(ss), np.float64)[..., None] / 255.0  # (h, w, 1) area coverage
         inside = alpha[..., 0] >= 0.5
         if not inside.any():
             continue

@@ -5,6 +5,11 @@ A model checkpoint (`*.safetensors`) holds the model's state dict; its metadata 
 same network. Trainer state (optimizer, scheduler, RNG, iteration) lives beside it in a `.pt` file read with
 `torch.load(weights_only=True)`. Every file is written to a temporary name and moved into place with
 `os.replace`, so a crash never leaves a half-written checkpoint behind.
+
+A plain state dict of a seglab model (seglab's own key names, no metadata: a `.safetensors` without seglab metadata,
+or a `.pth` / `.pt` / `.bin` / `.ckpt` read with `torch.load(weights_only=True)`, `state_dict` / `model` wrappers
+unwrapped) loads too: `create_model` builds the model with its default options and, unless the caller gives
+`num_classes`, the class count read from the file (`infer_num_classes`), reported with a `CheckpointNote`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+
+class CheckpointNote(UserWarning):
+    """Something `create_model` inferred from a checkpoint without seglab metadata (the CLI prints it as a note)."""
 
 
 @dataclass
@@ -89,6 +98,26 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
                          f"`seglab convert`") from exc
     if "seglab_model" not in metadata:
         raise ValueError(f"{path} has no seglab metadata (key 'seglab_model'); convert it with `seglab convert`")
+    return _meta_from(metadata)
+
+
+def checkpoint_meta(path: str | Path) -> CheckpointMeta | None:
+    """The seglab metadata of `path`, or None for a plain state dict: a `.safetensors` file without seglab metadata,
+    or any other file (read later with `torch.load(weights_only=True)`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix != ".safetensors":
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"{path} is not a safetensors file ({exc})") from exc
+    return _meta_from(metadata) if "seglab_model" in metadata else None
+
+
+def _meta_from(metadata: dict[str, str]) -> CheckpointMeta:
     num_classes = metadata.get("num_classes", "")
     extra = {k: v for k, v in metadata.items() if k not in {"format", "seglab_model", "num_classes", "overrides"}}
     return CheckpointMeta(
@@ -100,7 +129,10 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Loads tensors from a safetensors file, or from a torch file with `weights_only=True` (no pickle code)."""
+    """Loads tensors from a safetensors file, or from a torch file with `weights_only=True` (no pickle code); a torch
+    file's `state_dict` / `model` wrapper and DataParallel `module.` prefix are removed."""
+    from seglab.convert.common import unwrap_state_dict
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -112,7 +144,58 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"cannot read {path} with torch.load(weights_only=True): {exc}") from exc
-    return obj
+    return unwrap_state_dict(obj, str(path))
+
+
+def class_dependent_keys(model_name: str, overrides: dict[str, Any]) -> dict[str, tuple[int, int, int]]:
+    """The tensors of `create_model(model_name, **overrides)` whose shape follows `num_classes`, found by building the
+    model on the meta device with 2 and with 3 classes: key -> (dim, per_class, offset), where
+    `shape[dim] == per_class * num_classes + offset` (e.g. `decode_head.classifier.weight` -> (0, 1, 0), MaskFormer's
+    `class_embed.weight` with its "no object" row -> (0, 1, 1))."""
+    from seglab.registry import create_model
+
+    options = {k: v for k, v in overrides.items() if k != "num_classes"}
+    with torch.device("meta"):
+        two = create_model(model_name, num_classes=2, **options).state_dict()
+        three = create_model(model_name, num_classes=3, **options).state_dict()
+    found = {}
+    for key, a in two.items():
+        b = three.get(key)
+        if b is None or a.shape == b.shape or a.dim() != b.dim():
+            continue
+        dims = [d for d in range(a.dim()) if a.shape[d] != b.shape[d]]
+        if len(dims) == 1:
+            per_class = b.shape[dims[0]] - a.shape[dims[0]]
+            found[key] = (dims[0], per_class, a.shape[dims[0]] - 2 * per_class)
+    return found
+
+
+def infer_num_classes(
+    model_name: str, state: dict[str, torch.Tensor], overrides: dict[str, Any], origin: str = "state dict"
+) -> tuple[int, str] | None:
+    """The class count a plain state dict of `model_name` was trained for, read from its classifier's shape.
+
+    Returns:
+        (num_classes, note), the note naming the tensor it was read from ("num_classes 19 inferred from
+        decode_head.classifier.weight (19, 256, 1, 1)"); None when the file holds no class-dependent tensor.
+
+    Raises:
+        ValueError: naming the file and the tensors when their shapes imply different class counts.
+    """
+    counts: dict[str, int] = {}
+    for key, (dim, per_class, offset) in class_dependent_keys(model_name, overrides).items():
+        value = state.get(key)
+        if value is None or value.dim() <= dim or (value.shape[dim] - offset) % per_class:
+            continue
+        counts[key] = (value.shape[dim] - offset) // per_class
+    if not counts:
+        return None
+    if len(set(counts.values())) > 1:
+        shown = ", ".join(f"{k} {tuple(state[k].shape)} -> {n}" for k, n in counts.items())
+        raise ValueError(f"{origin}: the class-dependent tensors of {model_name} disagree on num_classes ({shown}); "
+                         f"is it a checkpoint of another model?")
+    key, count = next(iter(counts.items()))
+    return count, f"num_classes {count} inferred from {key} {tuple(state[key].shape)}"
 
 
 def describe_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
@@ -131,10 +214,24 @@ def describe_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tenso
     return lines
 
 
-def load_model_weights(model: nn.Module, path: str | Path) -> None:
-    """Loads a seglab checkpoint into `model` strictly, with an error that lists what does not match."""
-    state = load_state_dict(path)
-    problems = describe_mismatch(model.state_dict(), state)
+def load_model_weights(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Loads a checkpoint into `model` strictly, with an error that names the file and lists what does not match.
+
+    Args:
+        model: the model (built by `create_model`: its name appears in the error).
+        path: the checkpoint file.
+        state: its tensors when already read (`load_state_dict(path)`).
+    """
+    state = load_state_dict(path) if state is None else state
+    own = model.state_dict()
+    problems = describe_mismatch(own, state)
     if problems:
-        raise ValueError("\n".join([f"checkpoint {path} does not fit the model:", *problems]))
+        name = getattr(model, "model_name", None)
+        lines = [f"checkpoint {path} does not fit the model{f' {name}' if name else ''}:", *problems]
+        if state and all(k.startswith("backbone.") for k in state):
+            lines.append("  it holds backbone weights only: use it as the run config's `model.pretrained`")
+        elif not set(state) & set(own):
+            lines.append("  none of its keys is a seglab key: convert a checkpoint of another code base with "
+                         "`seglab convert --source official|mmseg|hf`")
+        raise ValueError("\n".join(lines))
     model.load_state_dict(state, strict=True)

@@ -18,22 +18,39 @@ from seglab.registry import create_model
 
 def prepare_data(config: RunConfig) -> None:
     """Writes a generated dataset (`data.dataset: shapes`) to `data.root` when it is missing, or when
-    `data.generate` asks for other settings than the ones it was written with."""
+    `data.generate` asks for other settings than the ones it was written with.
+
+    `data.generate` takes `n_train`, `n_val`, `size`, `seed` and `options` (fields of
+    `seglab.data.synthetic.ShapesOptions`, e.g. `{min_scale: 0.12}`; the others keep their defaults).
+    """
     if config.data.dataset != "shapes":
         return
+    from dataclasses import asdict, fields
+
     from seglab.data.datasets import read_dataset_meta
-    from seglab.data.synthetic import generate_shapes
+    from seglab.data.synthetic import ShapesOptions, generate_shapes
 
     root = Path(config.data.root)
-    gen = {"n_train": 1000, "n_val": 100, "size": 128, "seed": 0, **config.data.generate}
-    unknown = set(gen) - {"n_train", "n_val", "size", "seed"}
+    gen = {"n_train": 1000, "n_val": 100, "size": 128, "seed": 0, "options": {}, **config.data.generate}
+    unknown = set(gen) - {"n_train", "n_val", "size", "seed", "options"}
     if unknown:
-        raise ValueError(f"data.generate: unknown key(s) {sorted(unknown)}; valid: n_train, n_val, size, seed")
+        raise ValueError(f"data.generate: unknown key(s) {sorted(unknown)}; valid: n_train, n_val, size, seed, options")
+    valid = [f.name for f in fields(ShapesOptions)]
+    bad = set(gen["options"] or {}) - set(valid)
+    if bad:
+        raise ValueError(f"data.generate.options: unknown key(s) {sorted(bad)}; valid: {', '.join(valid)}")
+    options = ShapesOptions(**(gen["options"] or {}))
+    # only what the config asks for is compared: a dataset written by `seglab data shapes` with other counts is
+    # kept when the config names none
+    wanted = {k: list(v) if isinstance(v, list | tuple) else v for k, v in config.data.generate.items()}
+    if "options" in wanted:
+        wanted["options"] = asdict(options)
     meta = read_dataset_meta(root) if (root / "dataset.yaml").is_file() else None
     source = (meta or {}).get("source") or {}
-    if meta is not None and all(source.get(k) == v for k, v in config.data.generate.items()):
+    if meta is not None and all(source.get(k) == v for k, v in wanted.items()):
         return  # there, and written with the requested settings
-    generate_shapes(root, n_train=gen["n_train"], n_val=gen["n_val"], size=gen["size"], seed=gen["seed"])
+    generate_shapes(root, n_train=gen["n_train"], n_val=gen["n_val"], size=gen["size"], seed=gen["seed"],
+                    options=options)
 
 
 def build_split(config: RunConfig, split: str):

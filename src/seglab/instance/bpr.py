@@ -270,21 +270,27 @@ class BPRNet(nn.Module):
     """HRNetV2 refinement network: `forward(image (B, 3, S, S), mask (B, 1, S, S) in {-1, +1})` -> 2-class logits
     (bg, fg) at stride 4.
 
-    Numerics follow the official mmseg configs: nearest upsampling in the HRNet fuse layers, `align_corners=False`
-    in the V2 concatenation, a head fuse conv without bias, BN momentum 0.1.
+    Numerics follow the official code (BPR's mmseg 0.7 HRNet and FCN head): bilinear upsampling in the HRNet fuse
+    layers (mmseg's x2^k then resize to the branch, `fuse_upsample="bilinear_scale"`), `align_corners=False` in the V2
+    concatenation, a head fuse conv without bias, BN momentum 0.1.
 
     Args:
         hrnet: `HRNET_CONFIGS` key (`w18s`, `w48`).
         input_size: the square network input size (recorded for `refine`).
         num_classes: output classes (2 in BPR).
+        fuse_upsample: the HRNet fuse-layer upsampling (`seglab.backbones.hrnet.FUSE_UPSAMPLE_MODES`); "nearest" only
+            for networks trained with it (seglab checkpoints written before this default was corrected).
     """
 
-    def __init__(self, hrnet: str = "w18s", input_size: int = 128, num_classes: int = 2) -> None:
+    def __init__(
+        self, hrnet: str = "w18s", input_size: int = 128, num_classes: int = 2, fuse_upsample: str = "bilinear_scale"
+    ) -> None:
         super().__init__()
         if hrnet not in HRNET_CONFIGS:
             raise KeyError(f"unknown HRNet config {hrnet!r}; available: {', '.join(HRNET_CONFIGS)}")
         self.input_size = input_size
-        self.backbone = HRNet(HRNET_CONFIGS[hrnet], fuse_upsample="nearest", align_corners=False, neck="v2")
+        self.fuse_upsample = fuse_upsample
+        self.backbone = HRNet(HRNET_CONFIGS[hrnet], fuse_upsample=fuse_upsample, align_corners=False, neck="v2")
         # the mask's own stem conv, summed with the image conv's output before the stem's first BN
         self.conv_mask = nn.Conv2d(1, STEM_CHANNELS, 3, stride=2, padding=1, bias=False)
         self.decode_head = HRNetV2Head(
@@ -308,12 +314,12 @@ class BPRNet(nn.Module):
         return self.decode_head(bb.neck(feats))
 
 
-def build_bpr(name: str = "bpr_hrnet18s") -> BPRNet:
-    """The refinement network of a `BPR_VARIANTS` entry."""
+def build_bpr(name: str = "bpr_hrnet18s", fuse_upsample: str = "bilinear_scale") -> BPRNet:
+    """The refinement network of a `BPR_VARIANTS` entry (`fuse_upsample`: see `BPRNet`)."""
     if name not in BPR_VARIANTS:
         raise KeyError(f"unknown BPR variant {name!r}; available: {', '.join(BPR_VARIANTS)}")
     v = BPR_VARIANTS[name]
-    return BPRNet(v.hrnet, v.input_size)
+    return BPRNet(v.hrnet, v.input_size, fuse_upsample=fuse_upsample)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ BPR_OFFICIAL_BATCH = 32  # 8 patches per GPU x 4 GPUs
 WEIGHTS_NAME = "bpr.safetensors"
 _TASK_KEY = "seglab_task"
 _TASK = "bpr"
+_FUSE_KEY = "fuse_upsample"
 
 InstanceDict = Mapping[str, torch.Tensor]
 
@@ -220,11 +221,13 @@ def train_bpr(
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 def save_bpr(path: str | Path, model: BPRNet, variant: str) -> None:
-    """Writes the network as a seglab safetensors checkpoint (atomic), naming the variant and the input size."""
+    """Writes the network as a seglab safetensors checkpoint (atomic), naming the variant, the input size and the
+    HRNet fuse upsampling."""
     if variant not in BPR_VARIANTS:
         raise KeyError(f"unknown BPR variant {variant!r}; available: {', '.join(BPR_VARIANTS)}")
     save_weights(path, model.state_dict(), variant, 2,
-                 extra={_TASK_KEY: _TASK, "input_size": str(model.input_size)})
+                 extra={_TASK_KEY: _TASK, "input_size": str(model.input_size),
+                        _FUSE_KEY: getattr(model, "fuse_upsample", "bilinear_scale")})
 
 
 def load_bpr(path: str | Path, variant: str | None = None) -> BPRNet:
@@ -239,7 +242,8 @@ def load_bpr(path: str | Path, variant: str | None = None) -> BPRNet:
                          f"{', '.join(BPR_VARIANTS)}; written by seglab.instance.bpr_train.save_bpr)")
     if variant is not None and variant != meta.model:
         raise ValueError(f"{path} holds BPR variant {meta.model!r}, not the requested {variant!r}")
-    model = build_bpr(meta.model)
+    # files written before the fuse upsampling was recorded come from networks built with "nearest"
+    model = build_bpr(meta.model, fuse_upsample=meta.extra.get(_FUSE_KEY, "nearest"))
     if "input_size" in meta.extra:
         model.input_size = int(meta.extra["input_size"])
     load_model_weights(model, path)

@@ -18,10 +18,11 @@ class HRNetOptions:
     The defaults (bilinear fuse upsampling, `align_corners=True` in the fuse and the head, a bias on the head's fuse
     conv, BN momentum 0.1) are those of the official HRNet-Semantic-Segmentation code (HRNet-OCR branch, whose
     README states `align_corners=True`; older versions of the code use False); mmseg-trained weights use
-    `align_corners=False` and no head conv bias, timm ImageNet weights `fuse_upsample="nearest"` (converters set
-    these). `neck` selects the representation the head sees: `none` (the four branches; the head concatenates
-    them, which is HRNetV2), `v1` (highest resolution only), `v2` (concatenated in the backbone) or `v2p` (V2 plus
-    its pooled pyramid; the FCN head reads the stride-4 level only, the pooled copies being for pyramid heads).
+    `align_corners=False`, no head conv bias and `fuse_upsample="bilinear_scale"` (mmseg's two-step bilinear fuse
+    upsampling), timm ImageNet weights `fuse_upsample="nearest"` (converters set these). `neck` selects the
+    representation the head sees: `none` (the four branches; the head concatenates them, which is HRNetV2), `v1`
+    (highest resolution only), `v2` (concatenated in the backbone) or `v2p` (V2 plus its pooled pyramid; the FCN
+    head reads the stride-4 level only, the pooled copies being for pyramid heads).
     `num_classes` defaults to Cityscapes' 19, the setting of the published parameter counts.
     """
 

@@ -20,13 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from seglab.backbones.resnet import ResNet
 from seglab.backbones.swin import SWIN_CONFIGS, SwinTransformer
-from seglab.heads.maskformer import MaskFormerHead
+from seglab.heads.maskformer import MaskFormerHead, semantic_scores
 from seglab.losses.maskformer import MaskFormerLoss
 from seglab.registry import register_model
+
+# detectron2 pads every batch to a multiple of this (`MODEL.MASK_FORMER.SIZE_DIVISIBILITY` of the official configs)
+OFFICIAL_SIZE_DIVISIBILITY = 32
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,11 @@ class MaskFormerOptions:
     """Constructor options shared by every MaskFormer model.
 
     `deep_supervision=False` trains on the final output only (`forward_train` then runs the decoder's last output).
+    `official_inference=True` makes `forward` compute the official test-time output (facebookresearch/MaskFormer's
+    `MaskFormer.forward` with detectron2's `ImageList`): the image zero-padded right / bottom to a multiple of 32 (the
+    transformer gets no padding mask), the mask logits upsampled bilinearly to the padded size *before* the sigmoid,
+    the scores cropped to the image, returned at the input size (`output_stride` 1). Default: scores at stride 4 of the
+    unpadded input (see the model docs for the difference).
     """
 
     num_classes: int = 150
@@ -51,14 +60,17 @@ class MaskFormerOptions:
     mask_weight: float = 20.0
     dice_weight: float = 1.0
     no_object_weight: float = 0.1
+    official_inference: bool = False
 
 
 @dataclass(frozen=True)
 class MaskFormerSwinOptions(MaskFormerOptions):
-    """Options of `maskformer_swin_*`: the MaskFormer options and Swin's."""
+    """Options of `maskformer_swin_*`: the MaskFormer options and Swin's (`shrink_window=False` keeps the full window
+    on maps smaller than it, as the official MaskFormer Swin does; see `seglab.backbones.swin`)."""
 
     drop_path_rate: float = 0.3
     window_size: int | None = None
+    shrink_window: bool = True
 
 
 class MaskFormer(nn.Module):
@@ -70,22 +82,32 @@ class MaskFormer(nn.Module):
         num_classes: classes predicted.
         loss: the set loss used by `training_loss`.
         deep_supervision: whether `forward_train` returns every decoder layer's output.
+        official_inference: `forward` reproduces the official test-time computation (see `MaskFormerOptions`).
     """
 
     def __init__(self, backbone: nn.Module, decode_head: MaskFormerHead, num_classes: int, loss: MaskFormerLoss,
-                 deep_supervision: bool = True) -> None:
+                 deep_supervision: bool = True, official_inference: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.decode_head = decode_head
         self.aux_heads = nn.ModuleList()
         self.num_classes = num_classes
-        self.output_stride = 4
+        self.official_inference = official_inference
+        self.output_stride = 1 if official_inference else 4
         self.loss = loss
         self.deep_supervision = deep_supervision
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> semantic scores (B, K, H/4, W/4)."""
-        return self.decode_head(self.backbone(images))
+        """(B, 3, H, W) -> semantic scores (B, K, H/4, W/4), or (B, K, H, W) with `official_inference`."""
+        if not self.official_inference:
+            return self.decode_head(self.backbone(images))
+        height, width = images.shape[-2:]
+        # NOTE: detectron2's ImageList pads to the backbone's `size_divisibility` 32; the padding is not masked
+        padded = F.pad(images, (0, (-width) % OFFICIAL_SIZE_DIVISIBILITY, 0, (-height) % OFFICIAL_SIZE_DIVISIBILITY))
+        class_logits, mask_logits = self.decode_head.forward_raw(self.backbone(padded), all_layers=False)
+        # (B, Q, H/4, W/4) -> (B, Q, Hp, Wp): the official order, resize before the sigmoid
+        masks = F.interpolate(mask_logits[-1], size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        return semantic_scores(class_logits[-1], masks)[..., :height, :width]
 
     def forward_train(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> class logits (L, B, Q, K + 1) and mask logits (L, B, Q, H/4, W/4), the last entry being
@@ -107,7 +129,7 @@ def maskformer(backbone: nn.Module, options: MaskFormerOptions) -> MaskFormer:
                           ffn_dim=options.ffn_dim, dec_layers=options.dec_layers, dropout=options.dropout)
     loss = MaskFormerLoss(options.num_classes, class_weight=options.class_weight, mask_weight=options.mask_weight,
                           dice_weight=options.dice_weight, no_object_weight=options.no_object_weight)
-    return MaskFormer(backbone, head, options.num_classes, loss, options.deep_supervision)
+    return MaskFormer(backbone, head, options.num_classes, loss, options.deep_supervision, options.official_inference)
 
 
 def build_maskformer_resnet(depth: int, options: MaskFormerOptions) -> MaskFormer:
@@ -119,7 +141,8 @@ def build_maskformer_swin(variant: str, options: MaskFormerSwinOptions) -> MaskF
     """MaskFormer-Swin-`variant`."""
     window = MASKFORMER_SWIN_WINDOWS[variant] if options.window_size is None else options.window_size
     backbone = SwinTransformer(SWIN_CONFIGS[variant], in_channels=options.in_channels,
-                               drop_path_rate=options.drop_path_rate, window_size=window)
+                               drop_path_rate=options.drop_path_rate, window_size=window,
+                               shrink_window=options.shrink_window)
     return maskformer(backbone, options)
 
 

@@ -24,6 +24,7 @@ class SegmenterLinearOptions:
 
     `img_size=None` takes the variant's recipe crop (`SEGMENTER_VARIANTS`); it sets the position embedding's grid.
     `norm_eps` is the encoder's LayerNorm eps (1e-6 as in timm and mmseg; 1e-5 in the official Segmenter code).
+    `patch_bias=False` drops the patch-embedding conv's bias, as mmseg 1.x's ViT (the converter sets it).
     """
 
     num_classes: int = 150
@@ -34,6 +35,7 @@ class SegmenterLinearOptions:
     attn_drop_rate: float = 0.0
     norm_eps: float = 1e-6
     interpolate_mode: str = "bicubic"
+    patch_bias: bool = True
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ def segmenter_encoder(variant: str, options: SegmenterLinearOptions) -> VisionTr
         drop_rate=options.drop_rate,
         attn_drop_rate=options.attn_drop_rate,
         norm_eps=options.norm_eps,
+        patch_bias=options.patch_bias,
     )
 
 

@@ -44,6 +44,8 @@ class SETROptions:
         drop_rate, attn_drop_rate, drop_path_rate: backbone dropouts (all 0 in the ADE20K / Cityscapes recipes).
         align_corners: bilinear `align_corners` of the heads and of the final resize (False in both codes).
         aux_heads: build the auxiliary heads (training only; the published parameter counts include them).
+        patch_bias: a bias on the ViT's patch-embedding conv (False for checkpoints trained with mmseg 1.x, whose ViT
+            has none; the converter sets it).
     """
 
     num_classes: int = 150
@@ -57,6 +59,7 @@ class SETROptions:
     drop_path_rate: float = 0.0
     align_corners: bool = False
     aux_heads: bool = True
+    patch_bias: bool = True
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ def _backbone(options: SETROptions) -> VisionTransformer:
         drop_rate=options.drop_rate,
         attn_drop_rate=options.attn_drop_rate,
         norm_eps=1e-6,
+        patch_bias=options.patch_bias,
     )
 
 

@@ -40,11 +40,13 @@ class UperNetOptions:
 @dataclass(frozen=True)
 class UperNetSwinOptions(UperNetOptions):
     """Constructor options of `upernet_swin_*`: the UperNet head options and Swin's (window 12 for the
-    384-pretrained encoders)."""
+    384-pretrained encoders; `shrink_window=False` keeps the full window on maps smaller than it, as the Swin
+    segmentation code and mmseg do, see `seglab.backbones.swin`)."""
 
     window_size: int | None = None
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
+    shrink_window: bool = True
 
 
 # variant -> published parameter count in millions (ADE20K, 150 classes, with the auxiliary head; Swin-L: the
@@ -74,6 +76,7 @@ def build_upernet_swin(variant: str, options: UperNetSwinOptions) -> EncoderDeco
         drop_rate=options.drop_rate,
         attn_drop_rate=options.attn_drop_rate,
         window_size=options.window_size,
+        shrink_window=options.shrink_window,
     )
     return upernet(backbone, options)
 
