@@ -2,7 +2,9 @@
 
 `compare(ours, ref, pair=..., tol=...)` asserts the largest absolute difference and, when `SEGLAB_DIFF_REPORT` names
 a file, appends `{"pair": ..., "max_abs_diff": ..., "ref_range": ...}` to it (one JSON object a line), so a run of
-the suite lists the difference measured for every (family, source) pair.
+the suite lists the difference measured for every (family, source) pair. `normal_` refills the few tensors that
+`randomize_`'s fan-in rule leaves at an atypical scale (position embeddings, class tokens, queries);
+`compare_segmentor` compares a seglab segmentor with an mmseg 0.x-style reference stage by stage.
 """
 
 from __future__ import annotations
@@ -49,3 +51,26 @@ def compare(ours: torch.Tensor, ref: torch.Tensor, pair: str, tol: float = 1e-4)
                                 "shape": list(ref.shape)}) + "\n")
     assert diff <= tol, f"{pair}: max |difference| {diff:.3g} > {tol:g} (reference range {ref_range:.3g})"
     return diff
+
+
+@torch.no_grad()
+def normal_(seed: int, *tensors: tuple[torch.Tensor, float]) -> None:
+    """Refills each `(tensor, std)` with N(0, std^2), in the order given, from one generator seeded `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    for t, std in tensors:
+        t.normal_(0, std, generator=gen)
+
+
+@torch.no_grad()
+def compare_segmentor(ours: nn.Module, ref: nn.Module, x: torch.Tensor, pair: str, tol: float = 1e-4) -> torch.Tensor:
+    """Compares, on `x`, the backbone's stage outputs (`"{pair} stage {i}"`), the first auxiliary head (seglab's
+    `aux_heads[0]` against the reference's `auxiliary_head`, `"{pair} auxiliary head"`) and the logits (`pair`) of a
+    seglab segmentor and an mmseg 0.x-style `EncoderDecoder` (`backbone`, `auxiliary_head`; `forward` = the decode
+    head's logits, as `official.mmcv_lite`'s); returns seglab's logits."""
+    ours_features, ref_features = ours.backbone(x), ref.backbone(x)
+    for stage, (a, b) in enumerate(zip(ours_features, ref_features, strict=True)):
+        compare(a, b, pair=f"{pair} stage {stage}", tol=tol)
+    compare(ours.aux_heads[0](ours_features), ref.auxiliary_head(ref_features), pair=f"{pair} auxiliary head", tol=tol)
+    logits = ours(x)
+    compare(logits, ref(x), pair=pair, tol=tol)
+    return logits

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from official.segmenter.segmenter import create_segmenter
-from testkit import compare, randomize_
+from testkit import compare, normal_, randomize_
 
 from seglab import create_model
 from seglab.convert import convert_checkpoint
@@ -45,12 +45,11 @@ VARIANTS = {
 def _official(model_name: str):
     model = create_segmenter({**VARIANTS[model_name], "n_cls": NCLS, "dropout": 0.0, "drop_path_rate": 0.1}).eval()
     randomize_(model, seed=5)
-    with torch.no_grad():  # tokens of a typical scale: the position embedding and class token ~ N(0, 0.5^2)
-        gen = torch.Generator().manual_seed(6)
-        model.encoder.pos_embed.normal_(0, 0.5, generator=gen)
-        model.encoder.cls_token.normal_(0, 0.5, generator=gen)
-        if hasattr(model.decoder, "cls_emb"):
-            model.decoder.cls_emb.normal_(0, 1.0, generator=gen)
+    # tokens of a typical scale: the position embedding and class token ~ N(0, 0.5^2), the class embeddings ~ N(0, 1)
+    tokens = [(model.encoder.pos_embed, 0.5), (model.encoder.cls_token, 0.5)]
+    if hasattr(model.decoder, "cls_emb"):
+        tokens.append((model.decoder.cls_emb, 1.0))
+    normal_(6, *tokens)
     return model
 
 

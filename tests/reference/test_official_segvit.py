@@ -23,7 +23,7 @@ from official.segvit.atm_head import ATMHead
 from official.segvit.mmseg_vit import VisionTransformer
 from official.segvit.tpn_atm_head import TPNATMHead
 from official.segvit.vit_shrink import vit_shrink
-from testkit import compare, randomize_
+from testkit import compare, normal_, randomize_
 
 from seglab import create_model
 from seglab.convert.common import unwrap_state_dict
@@ -54,11 +54,9 @@ def _official(model_name: str) -> EncoderDecoder:
         model = EncoderDecoder(vit_shrink(shrink_idx=8, **backbone_args), TPNATMHead(**head_args))
     model.eval()
     randomize_(model, seed=21)
-    with torch.no_grad():  # tokens of a typical scale: the position embedding ~ N(0, 0.5^2), the class queries ~ N(0, 1)
-        gen = torch.Generator().manual_seed(22)
-        model.backbone.pos_embed.normal_(0, 0.5, generator=gen)
-        head = model.decode_head.atm if hasattr(model.decode_head, "atm") else model.decode_head
-        head.q.weight.normal_(0, 1.0, generator=gen)
+    # tokens of a typical scale: the position embedding ~ N(0, 0.5^2), the class queries ~ N(0, 1)
+    head = model.decode_head.atm if hasattr(model.decode_head, "atm") else model.decode_head
+    normal_(22, (model.backbone.pos_embed, 0.5), (head.q.weight, 1.0))
     return model
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from official.as_mlp.as_mlp import as_mlp_t
 from official.as_mlp_semantic_segmentation.asmlp import upernet_asmlp_t
-from testkit import compare, randomize_
+from testkit import compare, compare_segmentor, randomize_
 
 from seglab import create_model
 from seglab.backbones.asmlp import ASMLP, ASMLP_CONFIGS
@@ -33,15 +33,8 @@ def convert_and_compare(channels: int, aux_channels: int, seed: int) -> None:
     ours.load_state_dict(result.state_dict, strict=True)
 
     x = torch.randn(INPUT, generator=torch.Generator().manual_seed(seed + 1))
-    with torch.no_grad():
-        ours_features, reference_features = ours.backbone(x), reference.backbone(x)
-        for stage, (a, b) in enumerate(zip(ours_features, reference_features, strict=True)):
-            compare(a, b, pair=f"upernet_asmlp/official stage {stage}", tol=1e-4)
-        compare(ours.aux_heads[0](ours_features), reference.auxiliary_head(reference_features),
-                pair="upernet_asmlp/official auxiliary head", tol=1e-4)
-        logits, expected = ours(x), reference(x)
+    logits = compare_segmentor(ours, reference, x, pair="upernet_asmlp/official", tol=1e-4)
     assert logits.shape == (1, 9, 19, 24)
-    compare(logits, expected, pair="upernet_asmlp/official", tol=1e-4)
 
 
 def test_upernet_asmlp_matches_official() -> None:

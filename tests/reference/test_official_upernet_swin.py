@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from official.swin_transformer_semantic_segmentation.decode_heads import upernet_swin_t
-from testkit import compare, randomize_
+from testkit import compare_segmentor, randomize_
 
 from seglab import create_model
 from seglab.convert import convert_checkpoint
@@ -34,15 +34,8 @@ def convert_and_compare(channels: int, aux_channels: int, seed: int, size: tuple
     ours.load_state_dict(result.state_dict, strict=True)
 
     x = torch.randn(size, generator=torch.Generator().manual_seed(seed + 1))
-    with torch.no_grad():
-        ours_features, reference_features = ours.backbone(x), reference.backbone(x)
-        for stage, (a, b) in enumerate(zip(ours_features, reference_features, strict=True)):
-            compare(a, b, pair=f"upernet_swin/official stage {stage}", tol=1e-4)
-        compare(ours.aux_heads[0](ours_features), reference.auxiliary_head(reference_features),
-                pair="upernet_swin/official auxiliary head", tol=1e-4)
-        logits, expected = ours(x), reference(x)
+    logits = compare_segmentor(ours, reference, x, pair="upernet_swin/official", tol=1e-4)
     assert logits.shape == (1, 9, (size[2] + 3) // 4, (size[3] + 3) // 4)
-    compare(logits, expected, pair="upernet_swin/official", tol=1e-4)
 
 
 def test_upernet_swin_matches_official() -> None:

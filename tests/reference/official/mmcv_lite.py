@@ -15,8 +15,12 @@ Follows:
   (`BaseDecodeHead`: `conv_seg` 1x1 with bias, `Dropout2d` when the ratio is > 0, `_transform_inputs`, `cls_seg`),
   `mmseg/models/segmentors/encoder_decoder.py` (children `backbone`, `decode_head`, `auxiliary_head`; `encode_decode`
   resizes the head's logits to the input bilinearly with the head's `align_corners`).
+- `mmseg/models/decode_heads/fcn_head.py` (`FCNHead`: `convs.{i}` ConvModules, `conv_cat` when `concat_input`), the
+  same code for `num_convs >= 1` in the mmseg 0.11 of the Swin / AS-MLP segmentation repositories above and the
+  mmseg 0.7 of chenhang98/BPR @ 9eafc3f1f6f6c4cfcdd0ceaf9f42bb2d07f90f4f (0.7 asserts `num_convs > 0`; 0.11's
+  `num_convs=0`, an Identity, is used by no config here and not reproduced).
 
-`DropPath` stands for mmcv's `mmcv/cnn/bricks/drop.py` and timm's `timm/models/layers/drop.py` (identity in eval).
+mmcv's `DropPath` (`mmcv/cnn/bricks/drop.py`) is timm's function: `official.timm_lite` holds it.
 Only inference is reproduced: no losses, samplers, weight initialisation or SyncBN (which is BatchNorm in eval).
 """
 
@@ -25,22 +29,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-class DropPath(nn.Module):
-    """Stochastic depth (mmcv's and timm's `DropPath`, which the trees' repositories import); identity in eval, the
-    only mode the comparisons use."""
-
-    def __init__(self, drop_prob=0.0):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x):
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
 
 
 def build_norm_layer(cfg: dict, num_features: int) -> tuple[str, nn.Module]:
@@ -138,6 +126,32 @@ class BaseDecodeHead(nn.Module):
         if self.dropout is not None:
             feat = self.dropout(feat)
         return self.conv_seg(feat)
+
+
+class FCNHead(BaseDecodeHead):
+    def __init__(self, num_convs=2, kernel_size=3, concat_input=True, **kwargs):
+        assert num_convs > 0, "mmseg 0.11's num_convs=0 (Identity) is not reproduced"
+        self.num_convs = num_convs
+        self.concat_input = concat_input
+        self.kernel_size = kernel_size
+        super().__init__(**kwargs)
+        common = {"conv_cfg": self.conv_cfg, "norm_cfg": self.norm_cfg, "act_cfg": self.act_cfg}
+        convs = [ConvModule(self.in_channels, self.channels, kernel_size=kernel_size, padding=kernel_size // 2,
+                            **common)]
+        for _ in range(num_convs - 1):
+            convs.append(ConvModule(self.channels, self.channels, kernel_size=kernel_size,
+                                    padding=kernel_size // 2, **common))
+        self.convs = nn.Sequential(*convs)
+        if concat_input:
+            self.conv_cat = ConvModule(self.in_channels + self.channels, self.channels, kernel_size=kernel_size,
+                                       padding=kernel_size // 2, **common)
+
+    def forward(self, inputs):
+        x = self._transform_inputs(inputs)
+        output = self.convs(x)
+        if self.concat_input:
+            output = self.conv_cat(torch.cat([x, output], dim=1))
+        return self.cls_seg(output)
 
 
 class EncoderDecoder(nn.Module):

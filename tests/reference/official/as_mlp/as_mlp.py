@@ -1,14 +1,16 @@
 """The ImageNet AS-MLP classifier, written from the official code.
 
 Follows svip-lab/AS-MLP @ dd1eb4f768f46fdf7c8522fd535ea9e15f664fae : `models/as_mlp.py` (`Mlp`, `AxialShift`,
-`AxialShiftedBlock`, `PatchMerging`, `BasicLayer`, `PatchEmbed`, `MyNorm`, `AS_MLP`), `models/shift_cuda.py` (`Shift`)
-, `models/build.py` and `configs/as_tiny_patch4_shift5_224.yaml` (AS-MLP-T: embed_dim 96, depths (2, 2, 6, 2),
-shift 5); `utils.py` saves `{'model': state_dict, ...}`. Same module names and forward; weight initialisation, FLOP
-counts and checkpointing are left out (eval only).
-The shift is the CuPy kernel's rule, written here with tensor slicing (the kernel raises on the CPU): channel c is in
-group g = c // ceil(C / shift_size) and reads its input at offset s = -(g - shift_size // 2) along the shifted
-dimension, zero outside the map (`out[c, h, w] = in[c, h + s, w]` for dim 2). The `Shift` modules hold no tensors.
-Quirks kept: the input must be exactly `img_size` (asserted) and every merged map even; every norm is
+`AxialShiftedBlock`, `PatchMerging`, `BasicLayer`, `PatchEmbed`, `MyNorm`, `AS_MLP`), `models/shift_cuda.py` (`Shift`),
+`models/build.py` and `configs/as_tiny_patch4_shift5_224.yaml` (AS-MLP-T: embed_dim 96, depths (2, 2, 6, 2), shift 5);
+`utils.py` saves `{'model': state_dict, ...}`. Same module names and forward; weight initialisation, FLOP counts and
+checkpointing are left out (eval only). `DropPath` is timm 0.3.2's (the README's pin; `official.timm_lite`).
+AS-MLP-Semantic-Segmentation's `asmlp.py` shares this file's `Mlp`, `MyNorm`, `AxialShift` constructor and
+`AxialShiftedBlock` (imported from here; its block drops `input_resolution` and builds its own `AxialShift`, which drops
+the `Shift` modules). The shift is the CuPy kernel's rule, written here with tensor slicing (the kernel raises on the
+CPU): channel c is in group g = c // ceil(C / shift_size) and reads its input at offset s = -(g - shift_size // 2) along
+the shifted dimension, zero outside the map (`out[c, h, w] = in[c, h + s, w]` for dim 2). The `Shift` modules hold no
+tensors. Quirks kept: the input must be exactly `img_size` (asserted) and every merged map even; every norm is
 `GroupNorm(1, C)`; the classifier is `norm` (GroupNorm on the last stage), global average pooling and `head`.
 """
 
@@ -19,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from official.mmcv_lite import DropPath
+from official.timm_lite import DropPath
 
 
 def MyNorm(dim):  # the official name
@@ -87,6 +89,8 @@ class AxialShift(nn.Module):
 
 
 class AxialShiftedBlock(nn.Module):
+    axial_shift_cls = AxialShift  # the segmentation tree's block (the same code, less `input_resolution`) has its own
+
     def __init__(self, dim, input_resolution, shift_size=7, mlp_ratio=4.0, as_bias=True, drop=0.0, drop_path=0.0,
                  act_layer=nn.GELU, norm_layer=nn.LayerNorm):
         super().__init__()
@@ -95,7 +99,7 @@ class AxialShiftedBlock(nn.Module):
         self.shift_size = shift_size
         self.mlp_ratio = mlp_ratio
         self.norm1 = norm_layer(dim)
-        self.axial_shift = AxialShift(dim, shift_size=shift_size, as_bias=as_bias, proj_drop=drop)
+        self.axial_shift = self.axial_shift_cls(dim, shift_size=shift_size, as_bias=as_bias, proj_drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)

@@ -1,19 +1,24 @@
 """The AS-MLP segmentation backbone and the UperNet-AS-MLP segmentor, written from the official code.
 
 Follows svip-lab/AS-MLP-Semantic-Segmentation @ c9838f92fae7090d9edc29d4fba7d55e078a91ac :
-`mmseg/models/backbones/asmlp.py` (`Mlp`, `AxialShift`, `AxialShiftedBlock`, `PatchMerging`, `BasicLayer`,
-`PatchEmbed`, `MyNorm`, `ASMLP`) and `configs/asmlp/upernet_asmlp_tiny_patch4_shift5_512x512_160k_ade20k.py`
-(AS-MLP-T: embed_dim 96, depths (2, 2, 6, 2), shift_size 5, patch_norm; the `num_heads` it passes are swallowed by
-`**kwargs`). The configs' base file `configs/_base_/models/upernet_asmlp.py` is missing from the repository; the heads
-are those of its `configs/_base_/models/upernet_swin.py`, which the AS-MLP configs mirror, and the repository's
+`mmseg/models/backbones/asmlp.py` (`AxialShift`, `AxialShiftedBlock`, `PatchMerging`, `BasicLayer`, `PatchEmbed`,
+`ASMLP`; a fork of the classification file: its `Mlp` and `MyNorm` are that file's (`official.as_mlp.as_mlp`), its
+`AxialShift` is that file's constructor without the CUDA `Shift` modules and with the roll shift the classification file
+keeps commented out, its `AxialShiftedBlock` that file's block without `input_resolution` (both written as subclasses);
+`PatchMerging` (pads odd maps), `BasicLayer` (returns the sizes), `PatchEmbed` (pads the input) and `ASMLP` (outputs,
+norms) differ from it; the block's `DropPath` is timm 0.3's, AS-MLP's pin, `official.timm_lite`) and
+`configs/asmlp/upernet_asmlp_tiny_patch4_shift5_512x512_160k_ade20k.py` (AS-MLP-T: embed_dim 96, depths (2, 2, 6, 2),
+shift_size 5, patch_norm; the `num_heads` it passes are swallowed by `**kwargs`). The configs' base file
+`configs/_base_/models/upernet_asmlp.py` is missing from the repository; the heads are those of its
+`configs/_base_/models/upernet_swin.py`, which the AS-MLP configs mirror, and the repository's
 `mmseg/models/decode_heads/{uper_head,psp_head,fcn_head,decode_head}.py` are byte-identical to the Swin segmentation
-code's, so `official.swin_transformer_semantic_segmentation.decode_heads` provides them. Weight initialisation,
-frozen stages and checkpointing are left out (eval only).
-Quirks kept: every norm is `GroupNorm(1, C)` (`MyNorm`); the axial shift pads by `shift_size // 2` with zeros,
-splits the channels with `torch.chunk(x, shift_size, 1)` (groups of ceil(C / shift_size), the last one smaller, fewer
-groups when they run out), rolls group k by `k - pad` along the width (`lr`) or height (`td`) and crops; the input is
-zero-padded right/bottom to a multiple of 4 and odd maps before patch merging, whose neighbours are concatenated
-channel-wise in the order (0,0), (1,0), (0,1), (1,1); outputs are each stage's map before merging, through `norm{i}`.
+code's, so `official.swin_transformer_semantic_segmentation.decode_heads` provides them. Weight initialisation, frozen
+stages and checkpointing are left out (eval only). Quirks kept: every norm is `GroupNorm(1, C)` (`MyNorm`); the axial
+shift pads by `shift_size // 2` with zeros, splits the channels with `torch.chunk(x, shift_size, 1)` (groups of ceil(C /
+shift_size), the last one smaller, fewer groups when they run out), rolls group k by `k - pad` along the width (`lr`) or
+height (`td`) and crops; the input is zero-padded right/bottom to a multiple of 4 and odd maps before patch merging,
+whose neighbours are concatenated channel-wise in the order (0,0), (1,0), (0,1), (1,1); outputs are each stage's map
+before merging, through `norm{i}`.
 """
 
 from __future__ import annotations
@@ -23,41 +28,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from official.mmcv_lite import DropPath, EncoderDecoder
+from official.as_mlp import as_mlp
+from official.as_mlp.as_mlp import MyNorm
+from official.mmcv_lite import EncoderDecoder
 from official.swin_transformer_semantic_segmentation.decode_heads import upernet
 
 
-def MyNorm(dim):  # the official name
-    return nn.GroupNorm(1, dim)
+class AxialShift(as_mlp.AxialShift):
+    """The classification file's layer (the same constructor) without its CUDA `Shift` modules, shifting with the
+    pad / chunk / roll / crop that the classification file carries commented out."""
 
-
-class Mlp(nn.Module):
-    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.0):
-        super().__init__()
-        out_features = out_features or in_features
-        hidden_features = hidden_features or in_features
-        self.fc1 = nn.Conv2d(in_features, hidden_features, 1, 1)
-        self.act = act_layer()
-        self.fc2 = nn.Conv2d(hidden_features, out_features, 1, 1)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-class AxialShift(nn.Module):
     def __init__(self, dim, shift_size, as_bias=True, proj_drop=0.0):
-        super().__init__()
-        self.dim = dim
-        self.shift_size = shift_size
-        self.pad = shift_size // 2
-        self.conv1 = nn.Conv2d(dim, dim, 1, 1, 0, groups=1, bias=as_bias)
-        self.conv2_1 = nn.Conv2d(dim, dim, 1, 1, 0, groups=1, bias=as_bias)
-        self.conv2_2 = nn.Conv2d(dim, dim, 1, 1, 0, groups=1, bias=as_bias)
-        self.conv3 = nn.Conv2d(dim, dim, 1, 1, 0, groups=1, bias=as_bias)
-        self.actn = nn.GELU()
-        self.norm1 = MyNorm(dim)
-        self.norm2 = MyNorm(dim)
+        super().__init__(dim, shift_size, as_bias, proj_drop)
+        del self.shift_dim2, self.shift_dim3
 
     def forward(self, x):
         _, _, H, W = x.shape
@@ -74,22 +57,15 @@ class AxialShift(nn.Module):
         return self.conv3(self.norm2(x_lr + x_td))
 
 
-class AxialShiftedBlock(nn.Module):
+class AxialShiftedBlock(as_mlp.AxialShiftedBlock):
+    """The classification file's block (the same code) without `input_resolution` (left None), on this file's
+    `AxialShift`."""
+
+    axial_shift_cls = AxialShift
+
     def __init__(self, dim, shift_size=7, mlp_ratio=4.0, as_bias=True, drop=0.0, drop_path=0.0, act_layer=nn.GELU,
                  norm_layer=nn.LayerNorm):
-        super().__init__()
-        self.dim = dim
-        self.shift_size = shift_size
-        self.mlp_ratio = mlp_ratio
-        self.norm1 = norm_layer(dim)
-        self.axial_shift = AxialShift(dim, shift_size=shift_size, as_bias=as_bias, proj_drop=drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
-
-    def forward(self, x):
-        x = x + self.drop_path(self.axial_shift(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        super().__init__(dim, None, shift_size, mlp_ratio, as_bias, drop, drop_path, act_layer, norm_layer)
 
 
 class PatchMerging(nn.Module):

@@ -7,6 +7,11 @@ with `rescale`: the logits resized bilinearly to the original patch size; `infer
 `tools/test_float.py` (`output_float=True`: the foreground probability, channel 1, is the output),
 `configs/bpr/hrnet18s_128.py`, `configs/bpr/hrnet48_256.py` (the HRNet stage settings; FCN head on all four branches,
 2 classes, SyncBN, `align_corners=False`; `test_cfg.mode='whole'`). Checkpoint keys: `backbone.*`, `decode_head.*`.
+The head is mmseg 0.7's `mmseg/models/decode_heads/fcn_head.py` (`FCNHead`, `official.mmcv_lite`: the same code as the
+mmseg 0.11 one for `num_convs >= 1`), with `BaseDecodeHead` and `ConvModule` (`official.mmcv_lite`, the same as this
+repository's `decode_head.py` and mmcv's). BPR's configs: `input_transform='resize_concat'` over the four HRNet
+branches (bilinear to the first branch, `align_corners=False`), one 1x1 ConvModule (no conv bias, BN, ReLU), no
+concat, no dropout; keys `decode_head.convs.0.conv`, `decode_head.convs.0.bn`, `decode_head.conv_seg`.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from official.bpr.fcn_head import FCNHead
 from official.bpr.hrnet_refine import HRNetRefine
+from official.mmcv_lite import FCNHead
 
 NORM_CFG = {"type": "SyncBN", "requires_grad": True}
 

@@ -1,8 +1,9 @@
 """CycleMLP, written from the official file.
 
-Follows ShoufaChen/CycleMLP @ 4e062a03e875d8dc4fbdd5dec96a918494705d38 : `cycle_mlp.py` (`Mlp`, `CycleFC`, `CycleMLP`,
+Follows ShoufaChen/CycleMLP @ 4e062a03e875d8dc4fbdd5dec96a918494705d38 : `cycle_mlp.py` (`CycleFC`, `CycleMLP`,
 `CycleBlock`, `PatchEmbedOverlapping`, `Downsample`, `basic_blocks`, `CycleNet`, `CycleMLP_B1` .. `_B5` and the
-dense-prediction `CycleMLP_B1_feat` .. `_B5_feat` that the repository registers for mmseg / mmdet). Same module names
+dense-prediction `CycleMLP_B1_feat` .. `_B5_feat` that the repository registers for mmseg / mmdet; its `Mlp` is timm's,
+copied into the file, and imported here from `official.timm_lite`). Same module names
 (`patch_embed.proj`, `network.{0,2,4,6}.{j}.{norm1,attn.{mlp_c,sfc_h,sfc_w,reweight.fc1/fc2,proj},norm2,mlp.fc1/fc2}`,
 `network.{1,3,5}.proj`, `norm`/`head` or `norm0/2/4/6`) and forward. The Cycle FC runs on torchvision's
 `deform_conv2d` with the fixed `offset` buffer, as in the official code; DropPath is timm's. Quirks kept: the stem is
@@ -21,19 +22,7 @@ from timm.layers import DropPath
 from torch import nn
 from torchvision.ops import deform_conv2d
 
-
-class Mlp(nn.Module):
-    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.0):
-        super().__init__()
-        out_features = out_features or in_features
-        hidden_features = hidden_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, out_features)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+from official.timm_lite import Mlp
 
 
 class CycleFC(nn.Module):

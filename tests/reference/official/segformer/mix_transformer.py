@@ -15,7 +15,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from official.mmcv_lite import DropPath  # timm's, imported by the original
+from official.timm_lite import DropPath  # timm 0.3.2's (the README's pin), imported by the original
 
 
 class DWConv(nn.Module):

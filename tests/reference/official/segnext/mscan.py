@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from official.mmcv_lite import DropPath, build_norm_layer
+from official.mmcv_lite import build_norm_layer
+from official.timm_lite import DropPath  # mmcv's `cnn/bricks/drop.py`, the same function as timm's
 
 SYNC_BN = {"type": "SyncBN", "requires_grad": True}
 

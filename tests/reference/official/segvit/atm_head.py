@@ -1,15 +1,17 @@
 """SegViT's ATM decode head, written from the official file.
 
 Follows zbwxp/SegVit @ 763137e687ab830dd4e7352b80ab27e54e0b07e4 : `decode_heads/atm_head.py` (`TPN_Decoder`,
-`TPN_DecoderLayer`, `Attention`, `ATMHead`), with mmseg 0.24's `BaseDecodeHead` (`official.mmcv_lite`; its
-`loss_decode` child built here from `official.segvit.atm_loss`). Same module names (`input_proj_{i}`, `proj_norm_{i}`,
+`TPN_DecoderLayer`, `Attention`, `ATMHead`), with mmseg 0.24's `BaseDecodeHead` (`official.mmcv_lite`; its `loss_decode`
+child built here from `official.segvit.atm_loss`). Same module names (`input_proj_{i}`, `proj_norm_{i}`,
 `decoder_{i}.layers.{j}` = torch `TransformerDecoderLayer`s whose `multihead_attn` is replaced by `Attention` with
-separate `q`, `k`, `v`, `proj`; `q` (class queries), `class_embed`; `conv_seg` deleted) and eval forward. Quirks kept:
-post-norm torch decoder layers (dropout 0.1, ReLU, `dim_feedforward = 4 * dim`, sequence-first); the mask of a layer
-is its cross-attention's **pre-softmax** similarity averaged over heads; the decoder returns the last layer's;
-backbone outputs are used deepest first (`x.reverse()`), the queries carried from stage to stage; `d3_to_d4` assumes
-a square map and drops the first token of an odd count; masks accumulate across stages (bilinear to the last
-stage's size), are resized to `(img_size, img_size)` and combined as `softmax(class)[..., :-1]` x `sigmoid(mask)`.
+separate `q`, `k`, `v`, `proj`; `q` (class queries), `class_embed`; `conv_seg` deleted) and eval forward. The per-stage
+loop that builds `input_proj_{i}` / `proj_norm_{i}` / `decoder_{i}` is `add_stages`, since `atm_single_head.py` and
+`tpn_atm_head.py` repeat it (with their own decoders). Quirks kept: post-norm torch decoder layers (dropout 0.1, ReLU,
+`dim_feedforward = 4 * dim`, sequence-first); the mask of a layer is its cross-attention's **pre-softmax** similarity
+averaged over heads; the decoder returns the last layer's; backbone outputs are used deepest first (`x.reverse()`), the
+queries carried from stage to stage; `d3_to_d4` assumes a square map and drops the first token of an odd count; masks
+accumulate across stages (bilinear to the last stage's size), are resized to `(img_size, img_size)` and combined as
+`softmax(class)[..., :-1]` x `sigmoid(mask)`.
 """
 
 from __future__ import annotations
@@ -98,7 +100,26 @@ def semantic_inference(mask_cls, mask_pred):
     return torch.einsum("bqc,bqhw->bchw", mask_cls, mask_pred.sigmoid())
 
 
+def add_stages(head, use_stages, dim, use_proj, make_decoder):
+    """The per-stage children `input_proj_{i}` (Linear to `dim`, or Identity), `proj_norm_{i}` (LayerNorm, or Identity)
+    and `decoder_{i}` (`make_decoder()`), also kept in the lists `input_proj`, `proj_norm`, `decoder`: the loop that
+    `ATMHead`, `ATMSingleHead` and `TPNATMHead` repeat, each with its own decoder."""
+    head.input_proj, head.proj_norm, head.decoder = [], [], []
+    for i in range(use_stages):
+        proj = nn.Linear(head.in_channels, dim) if use_proj else nn.Identity()
+        norm = nn.LayerNorm(dim) if use_proj else nn.Identity()
+        decoder = make_decoder()
+        head.add_module(f"input_proj_{i + 1}", proj)
+        head.add_module(f"proj_norm_{i + 1}", norm)
+        head.add_module(f"decoder_{i + 1}", decoder)
+        head.input_proj.append(proj)
+        head.proj_norm.append(norm)
+        head.decoder.append(decoder)
+
+
 class ATMHead(BaseDecodeHead):
+    decoder_cls = TPN_Decoder  # `ATMSingleHead` (the same constructor) swaps in its own
+
     def __init__(self, img_size, in_channels, embed_dims=768, num_layers=3, num_heads=8, use_stages=3,
                  use_proj=True, CE_loss=False, crop_train=False, shrink_ratio=None, loss_decode=None,
                  **kwargs):
@@ -107,17 +128,8 @@ class ATMHead(BaseDecodeHead):
         self.image_size = img_size
         self.use_stages = use_stages
         dim = embed_dims
-        self.input_proj, self.proj_norm, self.decoder = [], [], []
-        for i in range(use_stages):
-            proj = nn.Linear(self.in_channels, dim) if use_proj else nn.Identity()
-            norm = nn.LayerNorm(dim) if use_proj else nn.Identity()
-            decoder = TPN_Decoder(TPN_DecoderLayer(d_model=dim, nhead=num_heads, dim_feedforward=dim * 4), num_layers)
-            self.add_module(f"input_proj_{i + 1}", proj)
-            self.add_module(f"proj_norm_{i + 1}", norm)
-            self.add_module(f"decoder_{i + 1}", decoder)
-            self.input_proj.append(proj)
-            self.proj_norm.append(norm)
-            self.decoder.append(decoder)
+        add_stages(self, use_stages, dim, use_proj, lambda: self.decoder_cls(
+            TPN_DecoderLayer(d_model=dim, nhead=num_heads, dim_feedforward=dim * 4), num_layers))
         self.q = nn.Embedding(self.num_classes, dim)
         self.class_embed = nn.Linear(dim, self.num_classes + 1)
         delattr(self, "conv_seg")
@@ -136,12 +148,17 @@ class ATMHead(BaseDecodeHead):
             maps_size.append(attn.size()[-2:])
             qs.append(q.transpose(0, 1))
             attns.append(attn)
+        return self.outputs(qs, attns, maps_size[-1], accumulate=True)
+
+    def outputs(self, qs, attns, size, accumulate):
+        """The tail of the official forward, the same in `atm_single_head.py` but for `if i_attn == 0` (accumulate)
+        versus `if True`: class logits of every output, its mask bilinear to `size` (summed with the previous ones when
+        `accumulate`), the last mask resized to `(img_size, img_size)`."""
         outputs_class = self.class_embed(torch.stack(qs, dim=0))
-        size = maps_size[-1]
         masks = []
         for i, attn in enumerate(attns):
             up = F.interpolate(attn, size=size, mode="bilinear", align_corners=False)
-            masks.append(up if i == 0 else masks[i - 1] + up)
+            masks.append(masks[i - 1] + up if accumulate and i > 0 else up)
         pred_masks = F.interpolate(masks[-1], size=(self.image_size, self.image_size), mode="bilinear",
                                    align_corners=False)
         return outputs_class, torch.stack(masks), pred_masks

@@ -1,23 +1,20 @@
 """SegViT's single-stage ATM head (the decoder of the Shrunk structure), written from the official file.
 
 Follows zbwxp/SegVit @ 763137e687ab830dd4e7352b80ab27e54e0b07e4 : `decode_heads/atm_single_head.py` (`TPN_Decoder`,
-which here returns every layer's output and similarity; `ATMSingleHead`), with the `TPN_DecoderLayer` / `Attention`
-of `atm_head.py` (identical in both files) and mmseg 0.24's `BaseDecodeHead` (`official.mmcv_lite`). Same module
-names and eval forward. Quirks kept: every decoder layer yields a (class logits, mask) pair and the masks are *not*
-accumulated (`if True:`); the prediction is the last layer's; with `use_proj=False` the projections are `Identity`
-(no keys).
+which here returns every layer's output and similarity; `ATMSingleHead`), a copy of `atm_head.py` that differs in those
+two: `TPN_DecoderLayer`, `Attention`, the head's constructor and its eval output are `atm_head.py`'s, so `ATMSingleHead`
+subclasses `official.segvit.atm_head.ATMHead` with its own decoder class and `forward_raw`; mmseg 0.24's
+`BaseDecodeHead` is `official.mmcv_lite`'s. Same module names and eval forward. Quirks kept: every decoder layer yields
+a (class logits, mask) pair and the masks are *not* accumulated (`if True:`); the prediction is the last layer's; with
+`use_proj=False` the projections are `Identity` (no keys).
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.nn import TransformerDecoder
 
-from official.mmcv_lite import BaseDecodeHead
-from official.segvit.atm_head import TPN_DecoderLayer, d3_to_d4, d4_to_d3, semantic_inference
-from official.segvit.atm_loss import build_loss
+from official.segvit.atm_head import ATMHead, d3_to_d4, d4_to_d3
 
 
 class TPN_Decoder(TransformerDecoder):
@@ -36,28 +33,12 @@ class TPN_Decoder(TransformerDecoder):
         return outputs, attns
 
 
-class ATMSingleHead(BaseDecodeHead):
-    def __init__(self, img_size, in_channels, embed_dims=768, num_layers=3, num_heads=8, use_stages=3,
-                 use_proj=True, CE_loss=False, crop_train=False, loss_decode=None, **kwargs):
-        super().__init__(in_channels=in_channels, **kwargs)
-        self.loss_decode = build_loss(loss_decode)
-        self.image_size = img_size
-        self.use_stages = use_stages
-        dim = embed_dims
-        self.input_proj, self.proj_norm, self.decoder = [], [], []
-        for i in range(use_stages):
-            proj = nn.Linear(self.in_channels, dim) if use_proj else nn.Identity()
-            norm = nn.LayerNorm(dim) if use_proj else nn.Identity()
-            decoder = TPN_Decoder(TPN_DecoderLayer(d_model=dim, nhead=num_heads, dim_feedforward=dim * 4), num_layers)
-            self.add_module(f"input_proj_{i + 1}", proj)
-            self.add_module(f"proj_norm_{i + 1}", norm)
-            self.add_module(f"decoder_{i + 1}", decoder)
-            self.input_proj.append(proj)
-            self.proj_norm.append(norm)
-            self.decoder.append(decoder)
-        self.q = nn.Embedding(self.num_classes, dim)
-        self.class_embed = nn.Linear(dim, self.num_classes + 1)
-        delattr(self, "conv_seg")
+class ATMSingleHead(ATMHead):
+    """`ATMHead` with this file's `TPN_Decoder` and its own `forward_raw` (lateral sum, one decoder on the last
+    lateral, masks of every layer not accumulated); the official constructor is `ATMHead`'s code less the unused
+    `shrink_ratio` argument, and the eval output the same `semantic_inference` of the last layer."""
+
+    decoder_cls = TPN_Decoder
 
     def forward_raw(self, inputs):
         """(class logits of every layer (L, B, K, K + 1), masks of every layer, the final resized mask)."""
@@ -84,13 +65,4 @@ class ATMSingleHead(BaseDecodeHead):
                 maps_size.append(attn.size()[-2:])
                 qs.append(q.transpose(0, 1))
                 attns.append(attn)
-        outputs_class = self.class_embed(torch.stack(qs, dim=0))
-        size = maps_size[-1]
-        masks = [F.interpolate(attn, size=size, mode="bilinear", align_corners=False) for attn in attns]
-        pred_masks = F.interpolate(masks[-1], size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False)
-        return outputs_class, torch.stack(masks), pred_masks
-
-    def forward(self, inputs):
-        outputs_class, _, pred_masks = self.forward_raw(inputs)
-        return semantic_inference(outputs_class[-1], pred_masks)
+        return self.outputs(qs, attns, maps_size[-1], accumulate=False)

@@ -186,13 +186,17 @@ class VisionTransformer(nn.Module):
         pos_embed_weight = torch.flatten(pos_embed_weight, 2).transpose(1, 2)
         return torch.cat((cls_token_weight.unsqueeze(1), pos_embed_weight), dim=1)
 
+    def embed(self, inputs):
+        """The first lines of `forward` (repeated by `vit_shrink.forward`): patch tokens, class token, position
+        embedding, the class token dropped without `with_cls_token`; returns the tokens and the grid size."""
+        x, hw_shape = self.patch_embed(inputs)
+        x = torch.cat((self.cls_token.expand(inputs.shape[0], -1, -1), x), dim=1)
+        x = self._pos_embeding(x, hw_shape, self.pos_embed)
+        return (x if self.with_cls_token else x[:, 1:]), hw_shape
+
     def forward(self, inputs):
         b = inputs.shape[0]
-        x, hw_shape = self.patch_embed(inputs)
-        x = torch.cat((self.cls_token.expand(b, -1, -1), x), dim=1)
-        x = self._pos_embeding(x, hw_shape, self.pos_embed)
-        if not self.with_cls_token:
-            x = x[:, 1:]
+        x, hw_shape = self.embed(inputs)
         outs = []
         for i, layer in enumerate(self.layers):
             x = layer(x)

@@ -2,11 +2,12 @@
 
 Follows zbwxp/SegVit @ 763137e687ab830dd4e7352b80ab27e54e0b07e4 : `decode_heads/tpn_atm_head.py` (`TPNATMHead`), with
 mmseg 0.24's `BaseDecodeHead` (`official.mmcv_lite`). Same module names (`input_proj_{i}`, `proj_norm_{i}`,
-`decoder_{i}` = a standard torch `TransformerDecoder` of `TransformerDecoderLayer`s, `q` of `(img_size / 16)^2`
-queries, `atm` = `ATMSingleHead(use_stages=1, use_proj=False)` built with the head's own keyword arguments, hence its
-own `loss_decode`; `conv_seg` deleted) and eval forward. Quirks kept: the backbone outputs are used shallow first (not
-reversed), each stage's decoder reads only its own projected tokens; the query output is folded into a square map
-(`d3_to_d4`) that is the input of `atm`.
+`decoder_{i}` = a standard torch `TransformerDecoder` of `TransformerDecoderLayer`s, built by the loop `atm_head.py`'s
+heads repeat, `official.segvit.atm_head.add_stages`; `q` of `(img_size / 16)^2` queries, `atm` =
+`ATMSingleHead(use_stages=1, use_proj=False)` built with the head's own keyword arguments, hence its own `loss_decode`;
+`conv_seg` deleted) and eval forward. Quirks kept: the backbone outputs are used shallow first (not reversed), each
+stage's decoder reads only its own projected tokens; the query output is folded into a square map (`d3_to_d4`) that is
+the input of `atm`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from torch import nn
 
 from official.mmcv_lite import BaseDecodeHead
-from official.segvit.atm_head import d3_to_d4, d4_to_d3
+from official.segvit.atm_head import add_stages, d3_to_d4, d4_to_d3
 from official.segvit.atm_loss import build_loss
 from official.segvit.atm_single_head import ATMSingleHead
 
@@ -26,18 +27,8 @@ class TPNATMHead(BaseDecodeHead):
         dim = embed_dims
         self.use_stages = use_stages
         self.image_size = img_size
-        self.input_proj, self.proj_norm, self.decoder = [], [], []
-        for i in range(use_stages):
-            proj = nn.Linear(self.in_channels, dim) if use_proj else nn.Identity()
-            norm = nn.LayerNorm(dim) if use_proj else nn.Identity()
-            decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(d_model=dim, nhead=num_heads,
-                                                                       dim_feedforward=dim * 4), num_layers)
-            self.add_module(f"input_proj_{i + 1}", proj)
-            self.add_module(f"proj_norm_{i + 1}", norm)
-            self.add_module(f"decoder_{i + 1}", decoder)
-            self.input_proj.append(proj)
-            self.proj_norm.append(norm)
-            self.decoder.append(decoder)
+        add_stages(self, use_stages, dim, use_proj, lambda: nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(d_model=dim, nhead=num_heads, dim_feedforward=dim * 4), num_layers))
         self.q = nn.Embedding((img_size // shrink_ratio) ** 2, dim)
         delattr(self, "conv_seg")
         # NOTE: mmseg's BaseDecodeHead builds `loss_decode` here too (checkpoint key `decode_head.loss_decode...`)

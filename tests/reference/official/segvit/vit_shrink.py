@@ -2,17 +2,16 @@
 
 Follows zbwxp/SegVit @ 763137e687ab830dd4e7352b80ab27e54e0b07e4 : `backbone/vit_shrink.py` (`ShrinkLayer`,
 `vit_shrink`), on mmseg 0.24's `VisionTransformer` (`official.segvit.mmseg_vit`). Same module names (the layers are
-`ShrinkLayer`s with the mmseg layer's names) and forward. Quirks kept: at `shrink_idx` the token grid is assumed square
-(`h = w = sqrt(N)`; an odd token count first loses a token), the queries are `x[:, :, ::2, ::2]` (top-left of every 2x2
-cell) and the keys / values all tokens, all through the layer's own `ln1`, and the residual adds the downsampled
-tokens; outputs are token tensors (B, N, C), not NCHW maps.
+`ShrinkLayer`s with the mmseg layer's names) and forward (its embedding lines are mmseg's `forward`'s, here
+`VisionTransformer.embed`). Quirks kept: at `shrink_idx` the token grid is assumed square (`h = w = sqrt(N)`; an odd
+token count first loses a token), the queries are `x[:, :, ::2, ::2]` (top-left of every 2x2 cell) and the keys / values
+all tokens, all through the layer's own `ln1`, and the residual adds the downsampled tokens; outputs are token tensors
+(B, N, C), not NCHW maps.
 """
 
 from __future__ import annotations
 
 import math
-
-import torch
 
 from official.segvit.mmseg_vit import TransformerEncoderLayer, VisionTransformer
 
@@ -34,12 +33,7 @@ class vit_shrink(VisionTransformer):
         self.shrink_idx = shrink_idx
 
     def forward(self, inputs):
-        b = inputs.shape[0]
-        x, hw_shape = self.patch_embed(inputs)
-        x = torch.cat((self.cls_token.expand(b, -1, -1), x), dim=1)
-        x = self._pos_embeding(x, hw_shape, self.pos_embed)
-        if not self.with_cls_token:
-            x = x[:, 1:]
+        x, _ = self.embed(inputs)
         outs = []
         for i, layer in enumerate(self.layers):
             if i == self.shrink_idx:

@@ -1,7 +1,8 @@
 """The ViT encoder of the original SETR code, written from the official file.
 
-Follows fudan-zvg/SETR @ 1361561ffde90e07ed1b4f9cdbc10b88ce27e2f3 : `mmseg/models/backbones/vit.py` (classes `Mlp`,
-`Attention`, `Block`, `PatchEmbed`, `VisionTransformer`). Same module names (timm's: `patch_embed.proj`, `cls_token`,
+Follows fudan-zvg/SETR @ 1361561ffde90e07ed1b4f9cdbc10b88ce27e2f3 : `mmseg/models/backbones/vit.py` (classes
+`Attention`, `Block`, `PatchEmbed`, `VisionTransformer`; its `Mlp` and `DropPath` are timm 0.3's, copied into the file,
+and imported here from `official.timm_lite`). Same module names (timm's: `patch_embed.proj`, `cls_token`,
 `pos_embed`, `blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`) and forward; the hybrid CNN embedding,
 pretrained loading and weight initialisation are left out (eval only). Quirks kept: the input must be exactly
 `img_size` (asserted; the position embedding is added without resampling); the class token stays through every block;
@@ -16,34 +17,7 @@ from functools import partial
 import torch
 from torch import nn
 
-
-class DropPath(nn.Module):
-    """Per-sample stochastic depth; identity in eval (the only mode used here)."""
-
-    def __init__(self, drop_prob=None):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x):
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1 - self.drop_prob
-        mask = (keep + torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)).floor_()
-        return x.div(keep) * mask
-
-
-class Mlp(nn.Module):
-    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.0):
-        super().__init__()
-        out_features = out_features or in_features
-        hidden_features = hidden_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, out_features)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+from official.timm_lite import DropPath, Mlp
 
 
 class Attention(nn.Module):
@@ -127,11 +101,14 @@ class VisionTransformer(nn.Module):
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         return x + self.pos_embed
 
-    def forward(self, x):
-        x = self.pos_drop(self.embed(x))
+    def forward_blocks(self, x):
+        """The outputs of the blocks in `out_indices` (all of them), from the embedded tokens after `pos_drop`."""
         outs = []
         for i, blk in enumerate(self.blocks):
             x = blk(x)
             if i in self.out_indices:
                 outs.append(x)
-        return tuple(outs)
+        return outs
+
+    def forward(self, x):
+        return tuple(self.forward_blocks(self.pos_drop(self.embed(x))))

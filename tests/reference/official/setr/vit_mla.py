@@ -2,8 +2,10 @@
 file.
 
 Follows fudan-zvg/SETR @ 1361561ffde90e07ed1b4f9cdbc10b88ce27e2f3 : `mmseg/models/backbones/vit_mla.py` (classes
-`Conv_MLA`, `VIT_MLA`; its `Block` / `PatchEmbed` copies are identical to `vit.py`'s and imported from there). Same
-module names (`norm_0..3`, `mla.mla_p{2..5}_1x1`, `mla.mla_p{2..5}` as `Sequential(conv, BN, ReLU)`) and forward.
+`Conv_MLA`, `VIT_MLA`; its `Mlp` / `Attention` / `Block` / `PatchEmbed` copies are identical to `vit.py`'s, and
+`VIT_MLA` repeats `vit.py`'s `VisionTransformer` constructor and block loop, adding the MLA neck: here it subclasses
+`official.setr.vit.VisionTransformer`). Same module names (`norm_0..3`, `mla.mla_p{2..5}_1x1`, `mla.mla_p{2..5}` as
+`Sequential(conv, BN, ReLU)`) and forward.
 Quirks kept: the class token receives its position embedding and is then dropped before the first block, so the
 encoder runs on patch tokens only; `mla_index` picks four block outputs, each gets its own LayerNorm (eps 1e-6) and a
 square reshape (`h = w = sqrt(N)`); the 1x1 projections are summed top-down *before* the 3x3 convs
@@ -16,11 +18,10 @@ from __future__ import annotations
 import math
 from functools import partial
 
-import torch
 from torch import nn
 
 from official.mmcv_lite import build_norm_layer
-from official.setr.vit import Block, PatchEmbed
+from official.setr.vit import VisionTransformer
 
 
 def _conv_bn_relu(in_channels, out_channels, kernel_size, norm_cfg):
@@ -54,28 +55,18 @@ class Conv_MLA(nn.Module):
         return self.mla_p2(p2_plus), self.mla_p3(p3_plus), self.mla_p4(p4_plus), self.mla_p5(p5_1x1)
 
 
-class VIT_MLA(nn.Module):
+class VIT_MLA(VisionTransformer):
+    """`vit.py`'s `VisionTransformer` (the official class repeats its constructor and block loop) with the MLA neck."""
+
     def __init__(self, model_name="vit_large_patch16_384", img_size=384, patch_size=16, in_chans=3, embed_dim=1024,
                  depth=24, num_heads=16, num_classes=19, mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop_rate=0.1,
                  attn_drop_rate=0.0, drop_path_rate=0.0, norm_layer=partial(nn.LayerNorm, eps=1e-6),  # noqa: B008
                  norm_cfg=None, pos_embed_interp=False, random_init=False, align_corners=False, mla_channels=256,
                  mla_index=(5, 11, 17, 23)):
-        super().__init__()
-        self.img_size = img_size
-        self.depth = depth
+        super().__init__(model_name, img_size, patch_size, in_chans, embed_dim, depth, num_heads, num_classes,
+                         mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, drop_path_rate, norm_layer,
+                         norm_cfg, pos_embed_interp, random_init, align_corners)
         self.mla_index = mla_index
-        self.out_indices = tuple(range(depth))
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                      embed_dim=embed_dim)
-        self.num_patches = self.patch_embed.num_patches
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, embed_dim))
-        self.pos_drop = nn.Dropout(p=drop_rate)
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
-        self.blocks = nn.ModuleList([
-            Block(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                  drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i], norm_layer=norm_layer)
-            for i in range(depth)])
         self.mla = Conv_MLA(in_channels=embed_dim, mla_channels=mla_channels, norm_cfg=norm_cfg)
         self.norm_0 = norm_layer(embed_dim)
         self.norm_1 = norm_layer(embed_dim)
@@ -83,17 +74,8 @@ class VIT_MLA(nn.Module):
         self.norm_3 = norm_layer(embed_dim)
 
     def forward(self, x):
-        b = x.shape[0]
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, N, C)
-        x = torch.cat((self.cls_token.expand(b, -1, -1), x), dim=1)
-        x = x + self.pos_embed
-        x = x[:, 1:]  # NOTE: the class token leaves right after its position embedding
-        x = self.pos_drop(x)
-        outs = []
-        for i, blk in enumerate(self.blocks):
-            x = blk(x)
-            if i in self.out_indices:
-                outs.append(x)
+        x = self.embed(x)[:, 1:]  # NOTE: the class token leaves right after its position embedding
+        outs = self.forward_blocks(self.pos_drop(x))
         c6 = self.norm_0(outs[self.mla_index[0]])
         c12 = self.norm_1(outs[self.mla_index[1]])
         c18 = self.norm_2(outs[self.mla_index[2]])

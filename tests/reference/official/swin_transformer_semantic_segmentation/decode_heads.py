@@ -2,14 +2,15 @@
 
 Follows SwinTransformer/Swin-Transformer-Semantic-Segmentation @ 87e6f90577435c94f3e92c7db1d36edc234d91f6 :
 `mmseg/models/decode_heads/uper_head.py` (`UPerHead`), `mmseg/models/decode_heads/psp_head.py` (`PPM`),
-`mmseg/models/decode_heads/fcn_head.py` (`FCNHead`), `configs/_base_/models/upernet_swin.py` and
-`configs/swin/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k.py` (UPerHead: in_index 0-3, pool_scales
-(1, 2, 3, 6), channels 512, dropout 0.1, SyncBN, align_corners False; auxiliary FCNHead on in_index 2, channels 256,
-one conv, no concat_input, dropout 0.1). These files are byte-identical in svip-lab/AS-MLP-Semantic-Segmentation
-@ c9838f92fae7090d9edc29d4fba7d55e078a91ac. Quirks kept: the PPM's branches are `nn.Sequential(AdaptiveAvgPool2d,
-ConvModule)` (keys `psp_modules.{k}.1.*`), upsampled bilinearly to the input with the head's `align_corners`; the
-top-down path adds each upsampled lateral in place; every FPN level is resized to the stride-4 size before the
-`fpn_bottleneck`; the lateral and FPN ConvModules are built with `inplace=False` (same numerics).
+`mmseg/models/decode_heads/fcn_head.py` (`FCNHead`, mmseg 0.x's: `official.mmcv_lite`),
+`configs/_base_/models/upernet_swin.py` and `configs/swin/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k.py`
+(UPerHead: in_index 0-3, pool_scales (1, 2, 3, 6), channels 512, dropout 0.1, SyncBN, align_corners False; auxiliary
+FCNHead on in_index 2, channels 256, one conv, no concat_input, dropout 0.1). These files are byte-identical in
+svip-lab/AS-MLP-Semantic-Segmentation @ c9838f92fae7090d9edc29d4fba7d55e078a91ac. Quirks kept: the PPM's branches are
+`nn.Sequential(AdaptiveAvgPool2d, ConvModule)` (keys `psp_modules.{k}.1.*`), upsampled bilinearly to the input with the
+head's `align_corners`; the top-down path adds each upsampled lateral in place; every FPN level is resized to the
+stride-4 size before the `fpn_bottleneck`; the lateral and FPN ConvModules are built with `inplace=False` (same
+numerics).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from official.mmcv_lite import BaseDecodeHead, ConvModule, EncoderDecoder, resize
+from official.mmcv_lite import BaseDecodeHead, ConvModule, EncoderDecoder, FCNHead, resize
 from official.swin_transformer_semantic_segmentation.swin_transformer import SwinTransformer
 
 SYNC_BN = {"type": "SyncBN", "requires_grad": True}
@@ -70,32 +71,6 @@ class UPerHead(BaseDecodeHead):
             fpn_outs[i] = resize(fpn_outs[i], size=fpn_outs[0].shape[2:], mode="bilinear",
                                  align_corners=self.align_corners)
         return self.cls_seg(self.fpn_bottleneck(torch.cat(fpn_outs, dim=1)))
-
-
-class FCNHead(BaseDecodeHead):
-    def __init__(self, num_convs=2, kernel_size=3, concat_input=True, **kwargs):
-        assert num_convs >= 1, "only the configs' num_convs >= 1 is reproduced"
-        self.num_convs = num_convs
-        self.concat_input = concat_input
-        self.kernel_size = kernel_size
-        super().__init__(**kwargs)
-        common = {"conv_cfg": self.conv_cfg, "norm_cfg": self.norm_cfg, "act_cfg": self.act_cfg}
-        convs = [ConvModule(self.in_channels, self.channels, kernel_size=kernel_size, padding=kernel_size // 2,
-                            **common)]
-        for _ in range(num_convs - 1):
-            convs.append(ConvModule(self.channels, self.channels, kernel_size=kernel_size,
-                                    padding=kernel_size // 2, **common))
-        self.convs = nn.Sequential(*convs)
-        if concat_input:
-            self.conv_cat = ConvModule(self.in_channels + self.channels, self.channels, kernel_size=kernel_size,
-                                       padding=kernel_size // 2, **common)
-
-    def forward(self, inputs):
-        x = self._transform_inputs(inputs)
-        output = self.convs(x)
-        if self.concat_input:
-            output = self.conv_cat(torch.cat([x, output], dim=1))
-        return self.cls_seg(output)
 
 
 def upernet(backbone: nn.Module, in_channels: list[int], num_classes: int, channels: int = 512,

@@ -1,12 +1,15 @@
 """The Swin Transformer backbone of the official segmentation code, written from it.
 
 Follows SwinTransformer/Swin-Transformer-Semantic-Segmentation @ 87e6f90577435c94f3e92c7db1d36edc234d91f6 :
-`mmseg/models/backbones/swin_transformer.py` (`Mlp`, `window_partition`, `window_reverse`, `WindowAttention`,
-`SwinTransformerBlock`, `PatchMerging`, `BasicLayer`, `PatchEmbed`, `SwinTransformer`) and
+`mmseg/models/backbones/swin_transformer.py` (`window_partition`, `window_reverse`, `WindowAttention`,
+`SwinTransformerBlock`, `PatchMerging`, `BasicLayer`, `PatchEmbed`, `SwinTransformer`; its `Mlp` is timm's, copied into
+the file, and imported here from `official.timm_lite`; `DropPath` is imported from timm, as the file does) and
 `configs/_base_/models/upernet_swin.py` (Swin-T: embed_dim 96, depths (2, 2, 6, 2), heads (3, 6, 12, 24), window 7,
-qkv_bias, ape False, patch_norm True, out_indices (0, 1, 2, 3)). Same module names (the persistent buffer
-`relative_position_index` included, as in the checkpoints) and forward; weight initialisation, frozen stages,
-checkpointing and the absolute position embedding (`ape=False` in every config) are left out (eval only).
+qkv_bias, ape False, patch_norm True, out_indices (0, 1, 2, 3)). Same constructor arguments (but `frozen_stages` /
+`use_checkpoint`), module names (the persistent buffer `relative_position_index` included, as in the checkpoints) and
+forward; weight initialisation, frozen stages, checkpointing and the absolute position embedding (`ape=False` in every
+config, asserted; `pretrain_img_size` only sizes it) are left out (eval only). MaskFormer's `swin.py` is this file
+with a dict output and a detectron2 wrapper; `official.maskformer.swin` imports these classes.
 Quirks kept: the input is zero-padded right/bottom to a multiple of the patch size; every block zero-pads its
 normalised map right/bottom to window multiples (the padded tokens take part in the attention) and crops back; the
 window never shrinks, a map smaller than the window is padded up to it and still shifted; the shift mask is built per
@@ -19,23 +22,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import nn
 
-from official.mmcv_lite import DropPath
-
-
-class Mlp(nn.Module):
-    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.0):
-        super().__init__()
-        out_features = out_features or in_features
-        hidden_features = hidden_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, out_features)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+from official.timm_lite import Mlp
 
 
 def window_partition(x, window_size):
@@ -100,7 +90,7 @@ class SwinTransformerBlock(nn.Module):
         self.num_heads = num_heads
         self.window_size = window_size
         self.shift_size = shift_size
-        assert 0 <= shift_size < window_size
+        assert 0 <= shift_size < window_size, "shift_size must in 0-window_size"
         self.norm1 = norm_layer(dim)
         self.attn = WindowAttention(dim, window_size=(window_size, window_size), num_heads=num_heads,
                                     qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop)
@@ -113,7 +103,7 @@ class SwinTransformerBlock(nn.Module):
     def forward(self, x, mask_matrix):
         B, L, C = x.shape
         H, W = self.H, self.W
-        assert H * W == L
+        assert L == H * W, "input feature has wrong size"
         shortcut = x
         x = self.norm1(x).view(B, H, W, C)
         ws = self.window_size
@@ -148,7 +138,8 @@ class PatchMerging(nn.Module):
         self.norm = norm_layer(4 * dim)
 
     def forward(self, x, H, W):
-        B, _, C = x.shape
+        B, L, C = x.shape
+        assert L == H * W, "input feature has wrong size"
         x = x.view(B, H, W, C)
         if H % 2 == 1 or W % 2 == 1:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
@@ -222,10 +213,12 @@ class PatchEmbed(nn.Module):
 
 
 class SwinTransformer(nn.Module):
-    def __init__(self, patch_size=4, in_chans=3, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-                 window_size=7, mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0,
-                 drop_path_rate=0.2, norm_layer=nn.LayerNorm, patch_norm=True, out_indices=(0, 1, 2, 3)):
+    def __init__(self, pretrain_img_size=224, patch_size=4, in_chans=3, embed_dim=96, depths=(2, 2, 6, 2),
+                 num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0, qkv_bias=True, qk_scale=None,
+                 drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.2, norm_layer=nn.LayerNorm, ape=False,
+                 patch_norm=True, out_indices=(0, 1, 2, 3)):
         super().__init__()
+        assert not ape, "absolute position embedding: not used by the configs"
         self.num_layers = len(depths)
         self.embed_dim = embed_dim
         self.out_indices = out_indices
