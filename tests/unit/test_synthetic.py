@@ -170,3 +170,12 @@ def test_generated_pixels_are_the_same_on_every_machine(tmp_path):
                 h.update(f"{path.relative_to(root).as_posix()} {array.shape} {array.dtype}".encode())
                 h.update(np.ascontiguousarray(array).tobytes())
     assert h.hexdigest() == PIXEL_DIGEST
+
+
+def test_parallel_generation_writes_the_same_files(tmp_path, monkeypatch):
+    import seglab.data.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "_CHUNK", 3)  # several jobs for a small set
+    one = generate_shapes(tmp_path / "one", 10, 4, size=40, seed=3, workers=1)
+    two = generate_shapes(tmp_path / "two", 10, 4, size=40, seed=3, workers=2)
+    assert len(_digests(one)) == 2 * 14 + 1 and _digests(one) == _digests(two)

@@ -19,7 +19,10 @@ checks a digest of the decoded pixels of a small set.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +44,7 @@ SHAPES_PALETTE: tuple[tuple[int, int, int], ...] = (
 _SPLIT_STREAMS = {"train": 0, "val": 1}
 _SUPERSAMPLE = 4
 _INCOMPLETE = ".shapes-incomplete"  # present while a dataset is being written
+_CHUNK = 250  # images per parallel job
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ class ShapesOptions:
     """What varies between images; every variation is on by default.
 
     Args:
-        max_shapes: each image has 1..`max_shapes` shapes.
+        min_shapes: each image has `min_shapes`..`max_shapes` shapes (uniformly many).
+        max_shapes: see `min_shapes`.
         min_scale: smallest shape diameter as a fraction of the shorter image side.
         max_scale: largest shape diameter as a fraction of the shorter image side.
         rotate: random rotation of every shape.
@@ -60,6 +65,7 @@ class ShapesOptions:
         noise_sigma: largest standard deviation of the Gaussian pixel noise, in 0-255 units.
     """
 
+    min_shapes: int = 1
     max_shapes: int = 6
     min_scale: float = 0.08
     max_scale: float = 0.6
@@ -176,7 +182,10 @@ def render_shapes(
     mask = np.zeros((height, width), np.uint8)
     side = min(height, width)
     ss = _SUPERSAMPLE
-    for _ in range(int(rng.integers(1, options.max_shapes + 1))):
+    if not 1 <= options.min_shapes <= options.max_shapes:
+        raise ValueError(f"ShapesOptions: need 1 <= min_shapes <= max_shapes, got {options.min_shapes} and "
+                         f"{options.max_shapes}")
+    for _ in range(int(rng.integers(options.min_shapes, options.max_shapes + 1))):
         cls = int(rng.integers(1, len(SHAPES_CLASSES)))
         # log-uniform diameter so small and large shapes are equally common
         diameter = side * math.exp(rng.uniform(math.log(options.min_scale), math.log(options.max_scale)))
@@ -230,6 +239,16 @@ def _clear_previous(out_dir: Path) -> None:
     meta_file.unlink(missing_ok=True)
 
 
+def _write_images(job: tuple) -> None:
+    """Renders and writes images `start`..`stop - 1` of one split."""
+    out_dir, split, start, stop, size, seed, options = job
+    for i in range(start, stop):
+        rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(_SPLIT_STREAMS[split], i)))
+        image, mask = render_shapes(rng, size, options)
+        Image.fromarray(image).save(out_dir / "images" / split / f"{i:05d}.png")
+        Image.fromarray(mask).save(out_dir / "annotations" / split / f"{i:05d}.png")
+
+
 def generate_shapes(
     out_dir: str | Path,
     n_train: int,
@@ -237,6 +256,7 @@ def generate_shapes(
     size: int | tuple[int, int] = 128,
     seed: int = 0,
     options: ShapesOptions | None = None,
+    workers: int | None = None,
 ) -> Path:
     """Writes a shapes dataset in the folder-pairs layout and returns its root.
 
@@ -251,7 +271,9 @@ def generate_shapes(
         size: image side, or (height, width).
         seed: the same seed writes byte-identical files.
         options: what varies between images; defaults to `ShapesOptions()` (everything on).
+        workers: processes that render in parallel (default: the CPU count, at most 4); the files do not depend on it.
     """
+    workers = min(os.cpu_count() or 1, 4) if workers is None else workers
     if n_train < 0 or n_val < 0:
         raise ValueError(f"n_train and n_val must be >= 0, got {n_train} and {n_val}")
     options = options or ShapesOptions()
@@ -263,11 +285,17 @@ def generate_shapes(
         img_dir, ann_dir = out_dir / "images" / split, out_dir / "annotations" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         ann_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(_SPLIT_STREAMS[split], i)))
-            image, mask = render_shapes(rng, size, options)
-            Image.fromarray(image).save(img_dir / f"{i:05d}.png")
-            Image.fromarray(mask).save(ann_dir / f"{i:05d}.png")
+        jobs = [(out_dir, split, start, min(start + _CHUNK, count), size, seed, options)
+                for start in range(0, count, _CHUNK)]
+        if workers > 1 and len(jobs) > 1:
+            # every image has its own seed: the files are the same whichever process writes them
+            context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
+                                                  else "spawn")
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+                list(pool.map(_write_images, jobs))
+        else:
+            for job in jobs:
+                _write_images(job)
     meta = {
         "classes": list(SHAPES_CLASSES),
         "palette": [list(c) for c in SHAPES_PALETTE],

@@ -40,11 +40,11 @@ def prepare_data(config: RunConfig) -> None:
     if bad:
         raise ValueError(f"data.generate.options: unknown key(s) {sorted(bad)}; valid: {', '.join(valid)}")
     options = ShapesOptions(**(gen["options"] or {}))
-    # only what the config asks for is compared: a dataset written by `seglab data shapes` with other counts is
-    # kept when the config names none
+    # the generator options are always compared (their defaults when the config names none: two configs sharing a
+    # root must not train on each other's data); counts, size and seed only when the config names them, so that a
+    # dataset written by `seglab data shapes` serves a config without a `generate` section
     wanted = {k: list(v) if isinstance(v, list | tuple) else v for k, v in config.data.generate.items()}
-    if "options" in wanted:
-        wanted["options"] = asdict(options)
+    wanted["options"] = asdict(options)
     meta = read_dataset_meta(root) if (root / "dataset.yaml").is_file() else None
     source = (meta or {}).get("source") or {}
     if meta is not None and all(source.get(k) == v for k, v in wanted.items()):
