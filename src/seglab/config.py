@@ -2,15 +2,18 @@
 
 A config may name one `base:` file (relative to itself) whose values it overrides; the base may not have a
 base of its own. `--set a.b=c` overrides are applied last, values parsed as YAML scalars. Any key that is not
-a field of the matching dataclass is an error that lists the valid keys.
+a field of the matching dataclass is an error that lists the valid keys, and every value is checked against its
+field's type, choices and range (`_CHOICES`, `_RANGES`) before anything is built or written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -152,31 +155,171 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+# string fields with a fixed set of values
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "optim.name": ("adamw", "sgd"),
+    "schedule.policy": ("poly", "step"),
+    "eval.mode": ("whole", "slide"),
+    "train.amp": ("none", "bf16", "fp16"),
+    "data.on_bad_sample": ("error", "skip"),
+}
+
+# numeric ranges (lowest, highest, what to call it); for tuples and lists every element is checked
+_POSITIVE = (1, None, "an integer >= 1")
+_NON_NEGATIVE = (0, None, ">= 0")
+_FRACTION = (0, 1, "between 0 and 1")
+_RANGES: dict[str, tuple[float | None, float | None, str]] = {
+    "model.num_classes": _POSITIVE,
+    "data.batch_size": _POSITIVE,
+    "data.val_batch_size": _POSITIVE,
+    "data.num_workers": _NON_NEGATIVE,
+    "data.ignore_index": _NON_NEGATIVE,
+    "data.std": (1e-12, None, "> 0"),
+    "data.train_transform.crop_size": _POSITIVE,
+    "data.train_transform.scale": _POSITIVE,
+    "data.train_transform.ratio_range": (1e-12, None, "> 0"),
+    "data.train_transform.cat_max_ratio": _FRACTION,
+    "data.train_transform.flip_prob": _FRACTION,
+    "data.test_transform.scale": _POSITIVE,
+    "data.test_transform.size_divisor": _POSITIVE,
+    "optim.lr": _NON_NEGATIVE,
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.betas": (0, 1, "in [0, 1)"),
+    "optim.momentum": _FRACTION,
+    "optim.grad_clip": (1e-12, None, "> 0"),
+    "optim.accumulate": _POSITIVE,
+    "optim.reference_batch": _POSITIVE,
+    "schedule.iters": _POSITIVE,
+    "schedule.warmup_iters": _NON_NEGATIVE,
+    "schedule.warmup_ratio": _FRACTION,
+    "schedule.power": _NON_NEGATIVE,
+    "schedule.min_lr": _NON_NEGATIVE,
+    "schedule.steps": _POSITIVE,
+    "schedule.gamma": (1e-12, None, "> 0"),
+    "loss.class_weights": _NON_NEGATIVE,
+    "loss.aux_weights": _NON_NEGATIVE,
+    "eval.interval": _POSITIVE,
+    "eval.crop_size": _POSITIVE,
+    "eval.stride": _POSITIVE,
+    "eval.scales": (1e-12, None, "> 0"),
+    "train.seed": _NON_NEGATIVE,
+    "train.threads": _POSITIVE,
+    "train.log_interval": _POSITIVE,
+    "train.checkpoint_interval": _POSITIVE,
+    "train.keep_checkpoints": _NON_NEGATIVE,
+    "train.ema": (0, 1, "in [0, 1)"),
+    "train.max_bad_losses": _NON_NEGATIVE,
+}
+
+
+def _type_name(hint: Any) -> str:
+    """`int | None` -> "an integer or null", `tuple[int, int]` -> "a list of 2 integers"."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0]).split(' ', 1)[1]}s"
+        return f"a list of {len(args)} {_type_name(args[0]).split(' ', 1)[1]}s"
+    if origin is list:
+        return f"a list of {_type_name(args[0]).split(' ', 1)[1]}s"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "a boolean (true/false)"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """`value` as type `hint` (lists become tuples where the field is a tuple), or _Mismatch."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if origin is tuple or origin is list:
+        if not isinstance(value, list | tuple):
+            raise _Mismatch
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis) and len(value) != len(args):
+            raise _Mismatch
+        items = [_convert(v, args[0]) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _Mismatch
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Mismatch
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise _Mismatch from None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise _Mismatch
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise _Mismatch
+        return value
+    raise TypeError(f"config field type {hint} is not supported")
+
+
+def _check_value(key: str, value: Any, hint: Any) -> Any:
+    try:
+        value = _convert(value, hint)
+    except _Mismatch:
+        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}") from None
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(f"{key}: expected one of {', '.join(_CHOICES[key])}, got {value!r}")
+    if key in _RANGES and value is not None:
+        low, high, words = _RANGES[key]
+        items = value if isinstance(value, list | tuple) else [value]
+        for item in items:
+            if (low is not None and item < low) or (high is not None and item > high):
+                raise ConfigError(f"{key}: expected {words}, got {value!r}")
+    return value
+
+
 def _build(cls: type, values: Any, where: str):
-    """Builds dataclass `cls` from a mapping, recursing into nested dataclasses and checking keys."""
+    """Builds dataclass `cls` from a mapping, recursing into nested dataclasses and checking keys and values."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(repr(f'{where}.{k}'.lstrip('.')) for k in unknown)}; "
+        raise ConfigError(f"unknown key(s) {', '.join(f'{where}.{k}'.lstrip('.') for k in unknown)}; "
                           f"valid keys{' of ' + where if where else ''}: {', '.join(names)}")
     hints = get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
+        key = f"{where}.{name}".lstrip(".")
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{where}.{name}".lstrip("."))
-        elif isinstance(value, list) and "tuple" in str(hint):
-            kwargs[name] = tuple(value)
-        elif isinstance(value, str) and hint in (float, float | None):
-            # YAML 1.1 reads `1e-3` (no dot) as a string
-            try:
-                kwargs[name] = float(value)
-            except ValueError:
-                raise ConfigError(f"{where}.{name}: expected a number, got {value!r}".lstrip(".")) from None
+            kwargs[name] = _build(hint, value, key)
         else:
-            kwargs[name] = value
+            kwargs[name] = _check_value(key, value, hint)
     return cls(**kwargs)
 
 
@@ -238,3 +381,42 @@ def config_to_dict(config: RunConfig) -> dict:
 
 def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def flatten_config(config: RunConfig) -> dict[str, Any]:
+    """Dotted keys to values, descending into mappings (`model.overrides.drop_path_rate`)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            out[prefix] = value
+
+    walk("", config_to_dict(config))
+    return out
+
+
+def config_differences(saved: RunConfig, given: RunConfig,
+                       ignore: tuple[str, ...] = ("train.work_dir",)) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, given value) for every key whose value differs; a key missing on one side is None."""
+    a, b = flatten_config(saved), flatten_config(given)
+    missing = object()
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in ignore:
+            continue
+        old, new = a.get(key, missing), b.get(key, missing)
+        if old != new:
+            out.append((key, None if old is missing else old, None if new is missing else new))
+    return out
+
+
+def format_differences(differences: list[tuple[str, Any, Any]]) -> str:
+    """`schedule.iters 200 -> 6000; optim.lr 0.001 -> 0.002` (values as YAML would write them)."""
+
+    def show(value: Any) -> str:
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+
+    return "; ".join(f"{key} {show(old)} -> {show(new)}" for key, old, new in differences)

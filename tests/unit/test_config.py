@@ -22,10 +22,37 @@ def test_base_and_overrides(tmp_path):
 
 def test_unknown_key_lists_valid_keys(tmp_path):
     cfg = write(tmp_path / "run.yaml", "optim: {lrr: 1.0}\n")
-    with pytest.raises(ConfigError, match=r"'optim.lrr'.*valid keys of optim: name, lr"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) optim.lrr; valid keys of optim: name, lr"):
         load_config(cfg)
-    with pytest.raises(ConfigError, match="unknown key.*'bogus'"):
+    with pytest.raises(ConfigError, match="unknown key.* bogus;"):
         load_config(None, ["bogus.x=1"])
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("data.batch_size=abc", "data.batch_size: expected an integer, got 'abc'"),
+    ("data.batch_size=0", "data.batch_size: expected an integer >= 1, got 0"),
+    ("data.batch_size=2.5", "data.batch_size: expected an integer, got 2.5"),
+    ("train.amp=fp32", "train.amp: expected one of none, bf16, fp16, got 'fp32'"),
+    ("data.train_transform.flip_prob=1.5", "flip_prob: expected between 0 and 1, got 1.5"),
+    ("eval.crop_size=[512]", "eval.crop_size: expected a list of 2 integers or null, got [512]"),
+    ("data.train_transform.crop_size=[64, 64.5]", "crop_size: expected a list of 2 integers, got [64, 64.5]"),
+    ("train.compile=1", "train.compile: expected a boolean (true/false), got 1"),
+    ("optim.grad_clip=-1", "optim.grad_clip: expected > 0, got -1.0"),
+    ("loss.class_weights=[1, x]", "loss.class_weights: expected a list of numbers or null, got [1, 'x']"),
+    ("model.overrides=3", "model.overrides: expected a mapping, got 3"),
+    ("schedule.iters=.inf", "schedule.iters: expected an integer, got inf"),
+])
+def test_values_are_typed_and_ranged(assignment, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [assignment])
+    assert message in str(info.value)
+
+
+def test_typed_values_are_converted():
+    config = load_config(None, ["optim.lr=1", "eval.scales=[1, 1.5]", "optim.grad_clip=null", "train.ema=0.999"])
+    assert config.optim.lr == 1.0 and isinstance(config.optim.lr, float)
+    assert config.eval.scales == (1.0, 1.5)
+    assert config.optim.grad_clip is None and config.train.ema == 0.999
 
 
 def test_only_one_base_level(tmp_path):

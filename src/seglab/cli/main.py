@@ -24,14 +24,41 @@ def _device(name: str | None) -> torch.device:
 
 
 def _load_run_config(args):
-    from seglab.config import load_config
+    from seglab.config import ConfigError, load_config
 
-    config = load_config(args.config, args.set)
+    if args.config is None:
+        if not getattr(args, "resume", False) or not getattr(args, "work_dir", None):
+            raise ConfigError("a run config is needed (seglab train CONFIG); only --resume --work-dir DIR can do "
+                              "without one (it continues the run saved in DIR)")
+        config = load_config(Path(args.work_dir) / "config.yaml", args.set)
+    else:
+        config = load_config(args.config, args.set)
     if getattr(args, "work_dir", None):
         config.train.work_dir = args.work_dir
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     return config
+
+
+def _resume_config(config, args):
+    """--resume continues the run as saved in work_dir/config.yaml; a differing config is an error unless
+    --override, which continues with the given values (the differences are printed and logged by the trainer)."""
+    from seglab.config import ConfigError, config_differences, format_differences, load_config
+
+    work_dir = Path(config.train.work_dir)
+    saved_path = work_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(f"--resume: {saved_path} not found; {work_dir} holds no run to continue (train without "
+                          f"--resume to start one)")
+    saved = load_config(saved_path)
+    saved.train.work_dir = config.train.work_dir
+    differences = config_differences(saved, config)
+    if differences and not args.override:
+        raise ConfigError(f"--resume: the given config differs from the run's own {saved_path} in "
+                          f"{len(differences)} key(s): {format_differences(differences)} (run -> given). --resume "
+                          f"continues the run as saved: resume without the changes, or add --override to continue "
+                          f"with the given values")
+    return config, differences
 
 
 def _class_info(dataset, num_classes: int) -> tuple[list[str], list]:
@@ -44,12 +71,13 @@ def _class_info(dataset, num_classes: int) -> tuple[list[str], list]:
 
 # ---------------------------------------------------------------------------------------------------- train / eval
 def run_training(config, resume: bool = False, progress: bool = True, stop_at: int | None = None,
-                 init_from: str | None = None):
+                 init_from: str | None = None, resume_changes: list | None = None):
     """Trains as `config` says; returns (model, val_set, TrainResult).
 
     Under torchrun (`torchrun --nproc-per-node N -m seglab.cli train CONFIG`) each process joins the job here and
     trains its share; rank 0 generates missing data, logs and writes checkpoints. `init_from` (a checkpoint)
     sets `train.init_from`: the tensors of that file that fit the model are loaded before training starts.
+    `resume_changes` ((key, run value, given value) from `--resume --override`) are printed and logged.
     """
     from seglab.engine.distributed import barrier, is_main_process, setup_distributed
     from seglab.engine.run import build_model, build_split, build_train_transform, evaluate, prepare_data
@@ -79,7 +107,7 @@ def run_training(config, resume: bool = False, progress: bool = True, stop_at: i
                       lambda m: evaluate(m, val_set, config, num_classes, device,
                                          confusion_png=work_dir / "confusion_matrix.png", class_names=classes),
                       device=device)
-    result = trainer.train(resume=resume, progress=progress, stop_at=stop_at)
+    result = trainer.train(resume=resume, progress=progress, stop_at=stop_at, resume_changes=resume_changes)
     if is_main_process() and (work_dir / "log.jsonl").is_file():
         from seglab.tools.visualize import plot_training_curve
 
@@ -92,13 +120,20 @@ def cmd_train(args) -> int:
     from seglab.engine.trainer import CheckpointWriteError, NonFiniteLossError
 
     config = _load_run_config(args)
+    changes = None
+    if args.resume:
+        config, changes = _resume_config(config, args)
+    elif args.override:
+        from seglab.config import ConfigError
+
+        raise ConfigError("--override goes with --resume (it lets a resumed run take the given config's values)")
     from seglab.engine.instance import is_instance_config
 
     if is_instance_config(config):
-        return _train_instances(config, args)
+        return _train_instances(config, args, changes)
     try:
         _, val_set, result = run_training(config, resume=args.resume, progress=not args.no_progress,
-                                          stop_at=args.stop_at, init_from=args.init_from)
+                                          stop_at=args.stop_at, init_from=args.init_from, resume_changes=changes)
     except (NonFiniteLossError, CheckpointWriteError) as exc:
         if is_main_process():
             print(f"seglab train: error: {exc}", file=sys.stderr)
@@ -108,11 +143,8 @@ def cmd_train(args) -> int:
         shutdown_distributed(wait=False)
         raise
     if is_main_process():
-        if result.final_metrics is not None:
-            from seglab.metrics import format_table
-
-            classes, _ = _class_info(val_set, len(result.final_metrics["IoU"]))
-            print(format_table(result.final_metrics, classes))
+        if result.best_miou is not None:  # the trainer printed each evaluation's table as it ran
+            print(f"best mIoU {result.best_miou:.4f}")
         if result.bad_steps:
             print(f"{result.bad_steps} step(s) skipped for a non-finite loss (train.max_bad_losses)")
         print(f"checkpoints and logs in {result.work_dir}")
@@ -132,13 +164,14 @@ def _format_ap(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _train_instances(config, args) -> int:
+def _train_instances(config, args, resume_changes=None) -> int:
     from seglab.engine.instance import run_instance_training
     from seglab.engine.trainer import NonFiniteLossError
 
     try:
         _, _, result = run_instance_training(config, resume=args.resume, progress=not args.no_progress,
-                                             stop_at=args.stop_at, init_from=args.init_from)
+                                             stop_at=args.stop_at, init_from=args.init_from,
+                                             resume_changes=resume_changes)
     except NonFiniteLossError as exc:
         print(f"seglab train: error: {exc}", file=sys.stderr)
         return 1
@@ -570,8 +603,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
 
     p = sub.add_parser("train", help="train a model from a run config")
-    add_config(p)
-    p.add_argument("--resume", action="store_true", help="continue from work_dir/latest.json exactly")
+    p.add_argument("config", nargs="?", help="YAML run config (optional with --resume --work-dir DIR: the run's "
+                                             "own DIR/config.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in work_dir from its latest checkpoint, with its saved config.yaml; a "
+                        "config that differs from it is an error unless --override")
+    p.add_argument("--override", action="store_true",
+                   help="with --resume: continue with the given config's values where they differ from the run's "
+                        "(printed and recorded in the run's log)")
     p.add_argument("--work-dir", help="override train.work_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stop-at", type=int, metavar="ITER",

@@ -26,6 +26,7 @@ the end; the best `segm_AP` is saved as `best.safetensors`. One process only (no
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import sys
@@ -49,6 +50,7 @@ from seglab.engine.optim import build_optimizer, scheduled_lr
 from seglab.engine.trainer import (
     NonFiniteLossError,
     StreamBatchSampler,
+    _peak_memory_mb,
     _rng_state,
     _set_rng_state,
     _torch_save,
@@ -245,12 +247,20 @@ class InstanceTrainer:
         self.iteration = int(state["iteration"])
         self.best_ap = None if state["best_ap"] < 0 else float(state["best_ap"])
         _set_rng_state(state["rng"])
-        # records a killed run wrote after this checkpoint would appear twice
+        # records a killed run wrote after this checkpoint would appear twice: moved to log.superseded.jsonl
         log = self.work_dir / "log.jsonl"
         if log.is_file():
-            lines = log.read_text().splitlines()
-            kept = [line for line in lines if line and json.loads(line)["iter"] <= self.iteration]
-            atomic_write(log, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in kept)))
+            kept, dropped = [], []
+            for line in log.read_text().splitlines():
+                try:
+                    keep = json.loads(line)["iter"] <= self.iteration
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    keep = False
+                (kept if keep else dropped).append(f"{line}\n")
+            if dropped:
+                with open(self.work_dir / "log.superseded.jsonl", "a") as f:
+                    f.writelines(dropped)
+                atomic_write(log, lambda tmp: Path(tmp).write_text("".join(kept)))
 
     # ----------------------------------------------------------------------------------------- steps
     def _set_train_mode(self) -> None:
@@ -302,13 +312,33 @@ class InstanceTrainer:
                        extra={"iteration": str(self.iteration), "segm_AP": f"{ap:.6f}"})
         return metrics
 
-    def train(self, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> InstanceTrainResult:
+    def train(self, resume: bool = False, progress: bool = True, stop_at: int | None = None,
+              resume_changes: list | None = None) -> InstanceTrainResult:
+        """Runs the schedule (or pauses after `stop_at`); `resume=True` continues from the latest checkpoint, with
+        `resume_changes` ((key, run value, given value) from `--resume --override`) printed and logged."""
         from tqdm import tqdm
 
         cfg = self.config
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
+            if self.iteration >= cfg.schedule.iters:
+                if self.iteration > cfg.schedule.iters:
+                    raise ValueError(f"--resume: the checkpoint is at iteration {self.iteration}, beyond "
+                                     f"schedule.iters {cfg.schedule.iters}; nothing to train")
+                print(f"[seglab] the run in {self.work_dir} is complete (iteration {self.iteration} of "
+                      f"{cfg.schedule.iters}); nothing to train", flush=True)
+                return InstanceTrainResult(self.iteration, None, self.best_ap, self.work_dir)
+            self._note(f"resuming from iteration {self.iteration} of {cfg.schedule.iters}")
+            if resume_changes:
+                from seglab.config import format_differences
+
+                previous = (self.work_dir / "config.yaml").read_text()
+                atomic_write(self.work_dir / f"config.iter_{self.iteration}.yaml",
+                             lambda tmp: Path(tmp).write_text(previous))
+                self._note(f"--override: continuing with the given config where it differs from the run's (the "
+                           f"run's is kept as config.iter_{self.iteration}.yaml): "
+                           f"{format_differences(resume_changes)}")
         else:
             for stale in ("log.jsonl", "latest.json"):
                 (self.work_dir / stale).unlink(missing_ok=True)
@@ -350,12 +380,16 @@ class InstanceTrainer:
                 self._log({"kind": "train", "iter": self.iteration, **mean, "lr": lr,
                            "data_time": sum(d for _, d, _ in window) / len(window), "sec_per_iter": sec,
                            "images_per_s": cfg.data.batch_size * accumulate / sec if sec > 0 else 0.0})
+                eta = datetime.timedelta(seconds=round((cfg.schedule.iters - self.iteration) * sec))
+                bar.write(f"iter {self.iteration}/{cfg.schedule.iters}  "
+                          + "  ".join(f"{k} {v:.4f}" for k, v in mean.items())
+                          + f"  lr {lr:.2e}  {sec:.3f} s/it  eta {eta}  mem {_peak_memory_mb(self.device):.0f} MB",
+                          file=sys.stdout)
                 window = []
             if self.val_set is not None and (self.iteration % cfg.eval.interval == 0 or last):
                 metrics = self.evaluate()
-                if progress:
-                    bar.write(f"iter {self.iteration}: segm AP {metrics.get('segm_AP', math.nan):.4f}, "
-                              f"boundary AP {metrics.get('boundary_AP', math.nan):.4f}")
+                bar.write(f"iter {self.iteration}: segm AP {metrics.get('segm_AP', math.nan):.4f}, "
+                          f"boundary AP {metrics.get('boundary_AP', math.nan):.4f}", file=sys.stdout)
             if self.iteration % cfg.train.checkpoint_interval == 0 or last or self.iteration == stop_at:
                 self.save_checkpoint()
             if self.iteration == stop_at:
@@ -365,7 +399,8 @@ class InstanceTrainer:
 
 
 def run_instance_training(config: RunConfig, resume: bool = False, progress: bool = True, stop_at: int | None = None,
-                          init_from: str | None = None, device: torch.device | str | None = None):
+                          init_from: str | None = None, device: torch.device | str | None = None,
+                          resume_changes: list | None = None):
     """Trains the configured Mask R-CNN; returns (model, val_set, InstanceTrainResult)."""
     import os
 
@@ -384,6 +419,6 @@ def run_instance_training(config: RunConfig, resume: bool = False, progress: boo
               f"{train_set.num_classes} (categories + background)", flush=True)
     model = build_instance_model(config, train_set.num_classes)
     trainer = InstanceTrainer(config, model, train_set, val_set, device=device)
-    result = trainer.train(resume=resume, progress=progress, stop_at=stop_at)
+    result = trainer.train(resume=resume, progress=progress, stop_at=stop_at, resume_changes=resume_changes)
     return trainer.model, val_set, result
 

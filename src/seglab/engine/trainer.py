@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import errno
 import json
 import math
@@ -44,7 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from seglab.config import RunConfig, dump_config
+from seglab.config import RunConfig, ScheduleConfig, dump_config
 from seglab.engine.checkpoint import atomic_write, load_model_weights, load_state_dict, save_model
 from seglab.engine.distributed import (
     all_reduce_mean,
@@ -54,7 +55,7 @@ from seglab.engine.distributed import (
     get_rank,
     get_world_size,
 )
-from seglab.engine.optim import build_optimizer, set_lr
+from seglab.engine.optim import build_optimizer, scheduled_lr, set_lr
 from seglab.losses import segmentation_loss
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -484,7 +485,9 @@ class Trainer:
                          "best_miou": -1.0 if self.best_miou is None else self.best_miou,
                          "bad_steps": self.bad_steps, "skipped_samples": self.skipped_samples,
                          "world_size": self.world_size,
-                         "total_batch": self.total_batch, "accumulate": self.config.optim.accumulate}
+                         "total_batch": self.total_batch, "accumulate": self.config.optim.accumulate,
+                         "schedule": dataclasses.asdict(self.config.schedule),
+                         "base_lr": self.optimizer.param_groups[0]["initial_lr"]}
                 if self.ema is not None:
                     state["ema"] = self.ema.state_dict()
                 atomic_write(state_path, lambda tmp: _torch_save(state, tmp))
@@ -508,8 +511,9 @@ class Trainer:
         for path in self.work_dir.glob(".*.tmp"):
             path.unlink(missing_ok=True)
 
-    def resume(self) -> None:
-        """Restores model, optimizer, scaler, RNG, EMA and counters from `work_dir/latest.json`."""
+    def resume(self) -> float | None:
+        """Restores model, optimizer, scaler, RNG, EMA and counters from `work_dir/latest.json`; returns the
+        learning rate the run's own schedule gives at the resumed iteration (None for older checkpoints)."""
         latest = self._read_latest()
         if latest is None:
             raise FileNotFoundError(f"--resume: no {self.work_dir / 'latest.json'}; nothing to resume in "
@@ -521,7 +525,16 @@ class Trainer:
                                         f"missing; point latest.json at a complete iter_N pair in {self.work_dir}")
         load_model_weights(self.model, weights)
         state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if len(state["optimizer"]["param_groups"]) != len(self.optimizer.param_groups):
+            raise ValueError(f"--resume: {state_path.name} holds {len(state['optimizer']['param_groups'])} "
+                             f"optimizer parameter group(s), this config builds {len(self.optimizer.param_groups)} "
+                             f"(optim.paramwise or the parameters changed); resume with the run's settings")
+        # loading restores the run's group settings; keep this config's base rates and decays (they equal the
+        # run's unless --override changed optim.lr or optim.weight_decay)
+        configured = [(g["initial_lr"], g["weight_decay"]) for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, (lr, decay) in zip(self.optimizer.param_groups, configured, strict=True):
+            group["initial_lr"], group["weight_decay"] = lr, decay
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         self.iteration = state["iteration"]
@@ -540,6 +553,10 @@ class Trainer:
             self.notes.append(f"resuming a run written by {state.get('world_size')} process(es) with a total batch "
                               f"of {saved_batch} on {self.world_size} process(es) with a total batch of "
                               f"{self.total_batch}: the data order from here on differs from the original run's")
+        if "schedule" not in state:
+            return None
+        saved = ScheduleConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in state["schedule"].items()})
+        return scheduled_lr(self.iteration, state["base_lr"], saved)
 
     def init_from(self, path: str | Path) -> dict[str, list[str]]:
         """Loads the tensors of `path` that fit the model (fine-tuning) and notes what was skipped."""
@@ -560,19 +577,26 @@ class Trainer:
         return report
 
     def _trim_log(self) -> None:
-        """Drops log records written after the checkpoint being resumed (and a line cut short by a kill)."""
+        """Moves log records written after the checkpoint being resumed (and a line cut short by a kill) from
+        log.jsonl to log.superseded.jsonl: the resumed run writes them anew, and nothing is lost."""
         path = self.work_dir / "log.jsonl"
         if not path.is_file():
             return
-        kept = []
+        kept, dropped = [], []
         for line in path.read_text().splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
+                dropped.append(line + "\n")
                 continue
             if isinstance(record, dict) and record.get("iter", 0) <= self.iteration:
                 kept.append(line + "\n")
-        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
+            else:
+                dropped.append(line + "\n")
+        if dropped:
+            with open(self.work_dir / "log.superseded.jsonl", "a") as f:
+                f.writelines(dropped)
+            atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
 
     # ----------------------------------------------------------------------------------------- training
     def _autocast(self):
@@ -649,9 +673,14 @@ class Trainer:
                 self._write_guarded([], lambda: save_model(path, target, extra=extra),
                                     f"{path.name} (iteration {self.iteration})")
             barrier()
-        if bar is not None and miou is not None:
+        if miou is not None and "IoU" in metrics:
+            from seglab.metrics import format_table
+
+            names = self.class_names if self.class_names and len(self.class_names) == len(metrics["IoU"]) else None
             best = "n/a" if self.best_miou is None else f"{self.best_miou:.4f}"
-            bar.write(f"iter {self.iteration}: mIoU {miou:.4f} (best {best})")
+            self._console(f"evaluation at iteration {self.iteration} ({eval_time:.1f} s):\n"
+                          f"{format_table(metrics, names)}\n"
+                          f"iter {self.iteration}: mIoU {miou:.4f} (best {best})")
         return metrics
 
     def _backward(self, loss: torch.Tensor) -> None:
@@ -748,9 +777,11 @@ class Trainer:
                    f"{limit} bad steps)", writer)
         self._log({"kind": "skip", "iter": self.iteration + 1, "bad_steps": self.bad_steps}, writer)
 
-    def train(self, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> TrainResult:
+    def train(self, resume: bool = False, progress: bool = True, stop_at: int | None = None,
+              resume_changes: list | None = None) -> TrainResult:
         """Runs the schedule to `schedule.iters`, or pauses after iteration `stop_at` (with a checkpoint there),
-        for jobs cut into time slices; `resume=True` continues from the latest checkpoint."""
+        for jobs cut into time slices; `resume=True` continues from the latest checkpoint, and `resume_changes`
+        ((key, run value, given value) from `seglab train --resume --override`) are printed and logged."""
         from tqdm import tqdm
 
         cfg = self.config
@@ -759,7 +790,31 @@ class Trainer:
             self._remove_stray_temp_files()
         barrier()
         if resume:
-            self.resume()
+            saved_lr = self.resume()
+            if self.iteration >= cfg.schedule.iters:
+                if self.iteration > cfg.schedule.iters:
+                    raise ValueError(f"--resume: the checkpoint is at iteration {self.iteration}, beyond "
+                                     f"schedule.iters {cfg.schedule.iters}; nothing to train")
+                if self.is_main:
+                    print(f"[seglab] the run in {self.work_dir} is complete (iteration {self.iteration} of "
+                          f"{cfg.schedule.iters}); nothing to train", flush=True)
+                return TrainResult(self.iteration, None, self.best_miou, self.work_dir, self.bad_steps)
+            self.notes.insert(0, f"resuming from iteration {self.iteration} of {cfg.schedule.iters}")
+            if resume_changes:
+                from seglab.config import format_differences
+
+                self.notes.insert(1, f"--override: continuing with the given config where it differs from the "
+                                     f"run's (the run's is kept as config.iter_{self.iteration}.yaml): "
+                                     f"{format_differences(resume_changes)}")
+                new_lr = set_lr(self.optimizer, self.iteration, cfg.schedule)
+                if saved_lr is not None and not math.isclose(new_lr, saved_lr, rel_tol=0.01, abs_tol=1e-12):
+                    self.notes.insert(2, f"--override: the learning rate at iteration {self.iteration} is "
+                                         f"{saved_lr:.3g} under the run's schedule and {new_lr:.3g} under the given "
+                                         f"one (poly over the new length, at the same iteration)")
+                if self.is_main and (self.work_dir / "config.yaml").is_file():
+                    previous = (self.work_dir / "config.yaml").read_text()
+                    atomic_write(self.work_dir / f"config.iter_{self.iteration}.yaml",
+                                 lambda tmp: Path(tmp).write_text(previous))
         else:
             if self.is_main:
                 for stale in ("log.jsonl", "latest.json"):
@@ -807,7 +862,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{step.values[0].item():.4f}", lr=f"{lr:.2e}", refresh=False)
             last = self.iteration == cfg.schedule.iters
             if window and (self.iteration % cfg.train.log_interval == 0 or last):
-                self._log(self._train_record(window, lr), writer)
+                record = self._train_record(window, lr)
+                self._log(record, writer)
+                self._console(self._train_line(record))
                 window = []
             if self.evaluate_fn is not None and (self.iteration % cfg.eval.interval == 0 or last):
                 metrics = self._evaluate(writer, bar if progress and self.is_main else None)
@@ -819,6 +876,24 @@ class Trainer:
         if writer is not None:
             writer.close()
         return TrainResult(self.iteration, metrics, self.best_miou, self.work_dir, self.bad_steps)
+
+    def _console(self, line: str) -> None:
+        """A line on the console from rank 0, above the progress bar when there is one."""
+        if self.is_main:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stdout)
+            sys.stdout.flush()
+
+    def _train_line(self, record: dict) -> str:
+        """`iter 220/6000  loss 0.5123  lr 2.48e-04  0.140 s/it  eta 0:13:18  mem 812 MB` (mem: peak RSS on CPU)."""
+        total = self.config.schedule.iters
+        eta = datetime.timedelta(seconds=round((total - record["iter"]) * record["sec_per_iter"]))
+        parts = [f"iter {record['iter']}/{total}", f"loss {record['loss']:.4f}"]
+        parts += [f"{name} {record[name]:.4f}" for name in self._part_names or [] if name != "loss_main"]
+        parts += [f"lr {record['lr']:.2e}", f"{record['sec_per_iter']:.3f} s/it", f"eta {eta}",
+                  f"mem {record['peak_mem_mb']:.0f} MB"]
+        return "  ".join(parts)
 
     def _train_record(self, window: list[_StepResult], lr: float) -> dict:
         """Means over the logging window: loss and its parts, timings, throughput, peak memory."""
