@@ -11,9 +11,10 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported when a model is built, not for listing names (a fast `seglab --help`)
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,21 @@ def _ensure_loaded() -> None:
     import seglab.models  # noqa: F401  (importing registers every family)
 
 
+class UnknownModelError(KeyError):
+    """A model name that is not registered; the message names close matches."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
 def get_entry(name: str) -> ModelEntry:
     _ensure_loaded()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else "`seglab models` lists them"
+        raise UnknownModelError(f"unknown model {name}; {hint}")
     return _REGISTRY[name]
 
 
@@ -98,13 +110,14 @@ def create_model(
         load_state_dict,
     )
 
+    entry = get_entry(name)  # an unknown name is the first thing to say
     kwargs: dict[str, Any] = {}
     meta = state = None
     if checkpoint is not None:
         meta = checkpoint_meta(checkpoint)
     if meta is not None:
         if meta.model != name:
-            raise ValueError(f"checkpoint {checkpoint} was made for model {meta.model!r}, not {name!r}")
+            raise ValueError(f"checkpoint {checkpoint} was made for model {meta.model}, not {name}")
         if meta.extra.get("backbone_only") == "true":
             raise ValueError(f"{checkpoint} holds backbone weights only: use it as the run config's "
                              f"`model.pretrained`, not as a model checkpoint")
@@ -114,7 +127,6 @@ def create_model(
     kwargs.update(overrides)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    entry = get_entry(name)
     if checkpoint is not None and meta is None:  # a plain state dict: seglab's key names, no metadata
         state = load_state_dict(checkpoint)
         if "num_classes" not in kwargs:

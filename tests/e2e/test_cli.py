@@ -68,7 +68,13 @@ def test_train_eval_predict(run_config, shapes, tmp_path, capsys):
     label = np.asarray(Image.open(preds / "00000.png"))
     assert label.shape == (40, 40) and label.max() < 6  # input size, class indices
     assert Image.open(preds / "00000.png").mode == "P"
-    assert np.asarray(Image.open(preds / "00000_overlay.png")).shape == (40, 40, 3)
+    overlay = np.asarray(Image.open(preds / "00000_overlay.png"))
+    assert overlay.shape[0] == 40 and overlay.shape[1] > 40 and overlay.shape[2] == 3  # image | legend
+    # the checkpoint carries the dataset's class names and colours: the label PNG is drawn in them
+    assert json.loads(meta.extra["classes"])[3] == "triangle"
+    from seglab.data.synthetic import SHAPES_PALETTE
+
+    assert Image.open(preds / "00000.png").getpalette()[:18] == [v for c in SHAPES_PALETTE for v in c]
 
     # slide mode through the CLI, with a config (its test transform and eval settings)
     slide = tmp_path / "slide"
@@ -84,7 +90,7 @@ def test_predict_refuses_a_checkpoint_of_another_model(tmp_path, shapes, capsys)
     code = main(["predict", "--model", "segformer_b0", "--checkpoint", str(tmp_path / "b1.safetensors"),
                  str(shapes / "images" / "val"), "--out", str(tmp_path / "p")])
     assert code == 2
-    assert "made for model 'segformer_b1', not 'segformer_b0'" in capsys.readouterr().err
+    assert "made for model segformer_b1, not segformer_b0" in capsys.readouterr().err
 
 
 def test_bad_mask_is_reported_with_its_file(run_config, shapes, tmp_path, capsys):
@@ -112,10 +118,20 @@ def test_unknown_config_key_is_reported(run_config, capsys):
 
 
 def test_models_and_info(capsys):
-    assert main(["models", "--size", "64"]) == 0
+    assert main(["models"]) == 0
     out = capsys.readouterr().out
     for name in seglab.list_models():
         assert name in out
+    assert "GFLOPs" not in out  # counted only when asked
+    assert main(["models", "segformer", "--flops", "--size", "64"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.startswith("segformer_")]
+    assert len(rows) == 6 and "GFLOPs @64x64" in lines[0] and not any("upernet" in line for line in lines)
+    assert main(["models", "upernet_swin_?"]) == 0
+    names = {line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert names == {"upernet_swin_t", "upernet_swin_s", "upernet_swin_b", "upernet_swin_l"}
+    assert main(["models", "segfromer"]) == 2
+    assert "no model matches segfromer" in capsys.readouterr().err
     assert main(["info", "segformer_b0", "--height", "64", "--width", "96"]) == 0
     out = capsys.readouterr().out
     assert "(1, 32, 16, 24)" in out and "(1, 256, 2, 3)" in out  # stride 4 and stride 32 outputs
@@ -146,3 +162,9 @@ def test_export_cli(tmp_path, capsys):
     text = capsys.readouterr().out
     diff = float(text.split("max abs diff: ")[1].split()[0])
     assert out.is_file() and diff <= 1e-4
+    import onnx
+
+    graph = onnx.load(str(out)).graph
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*graph.input, *graph.output)]
+    assert dims[0] == ["batch", 3, "height", "width"]
+    assert dims[1][:2] == ["batch", 4] and "height" in dims[1][2] and "width" in dims[1][3]

@@ -11,19 +11,25 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported by the commands that use it: `seglab --help` stays fast
+    import torch
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _device(name: str | None) -> torch.device:
+    import torch
+
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _load_run_config(args):
+    import torch
+
     from seglab.config import ConfigError, load_config
 
     if args.config is None:
@@ -80,7 +86,14 @@ def run_training(config, resume: bool = False, progress: bool = True, stop_at: i
     `resume_changes` ((key, run value, given value) from `--resume --override`) are printed and logged.
     """
     from seglab.engine.distributed import barrier, is_main_process, setup_distributed
-    from seglab.engine.run import build_model, build_split, build_train_transform, evaluate, prepare_data
+    from seglab.engine.run import (
+        build_model,
+        build_split,
+        build_train_transform,
+        evaluate,
+        prepare_data,
+        scale_mismatch,
+    )
     from seglab.engine.trainer import Trainer, seed_everything
 
     if config.schedule.policy != "poly":
@@ -102,11 +115,14 @@ def run_training(config, resume: bool = False, progress: bool = True, stop_at: i
     device = context.device
     work_dir = Path(config.train.work_dir)
     classes, _ = _class_info(val_set, num_classes)
+    scale_warning = scale_mismatch(config, val_set)
     # every evaluation redraws work_dir/confusion_matrix.png; the curves are drawn when training ends
     trainer = Trainer(config, model, train_set, build_train_transform(config),
                       lambda m: evaluate(m, val_set, config, num_classes, device,
                                          confusion_png=work_dir / "confusion_matrix.png", class_names=classes),
                       device=device)
+    if scale_warning:
+        trainer.notes.append(f"warning: {scale_warning}")
     result = trainer.train(resume=resume, progress=progress, stop_at=stop_at, resume_changes=resume_changes)
     if is_main_process() and (work_dir / "log.jsonl").is_file():
         from seglab.tools.visualize import plot_training_curve
@@ -132,7 +148,7 @@ def cmd_train(args) -> int:
     if is_instance_config(config):
         return _train_instances(config, args, changes)
     try:
-        _, val_set, result = run_training(config, resume=args.resume, progress=not args.no_progress,
+        _, _, result = run_training(config, resume=args.resume, progress=not args.no_progress,
                                           stop_at=args.stop_at, init_from=args.init_from, resume_changes=changes)
     except (NonFiniteLossError, CheckpointWriteError) as exc:
         if is_main_process():
@@ -199,15 +215,19 @@ def _eval_instances(config, args) -> int:
 def cmd_eval(args) -> int:
     from seglab.engine.distributed import is_main_process, setup_distributed, shutdown_distributed
     from seglab.engine.instance import is_instance_config
-    from seglab.engine.run import build_model, build_split, evaluate
+    from seglab.engine.run import build_model, build_split, evaluate, scale_mismatch
     from seglab.metrics import format_table
 
     config = _load_run_config(args)
     if is_instance_config(config):
         return _eval_instances(config, args)
+    _apply_inference_flags(config, args)
     context = setup_distributed(args.device)  # under torchrun each rank evaluates a share; metrics are exact
     try:
         val_set = build_split(config, args.split or config.data.val_split)
+        warning = scale_mismatch(config, val_set)
+        if warning and is_main_process():
+            print(f"seglab eval: warning: {warning}", file=sys.stderr)
         num_classes = config.model.num_classes or len(val_set.classes)
         model = build_model(config, num_classes, checkpoint=args.checkpoint)
         classes, _ = _class_info(val_set, num_classes)
@@ -223,7 +243,31 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _apply_inference_flags(config, args) -> None:
+    """`--mode/--crop-size/--stride/--flip/--scales` (predict and eval) into `config.eval`."""
+    if args.mode:
+        config.eval.mode = args.mode
+    if args.crop_size:
+        config.eval.crop_size = tuple(args.crop_size)
+    if args.stride:
+        config.eval.stride = tuple(args.stride)
+    if args.flip:
+        config.eval.flip = True
+    if args.scales:
+        config.eval.scales = tuple(args.scales)
+
+
+def _add_inference_flags(p) -> None:
+    p.add_argument("--mode", choices=("whole", "slide"), help="whole image, or sliding windows (default eval.mode)")
+    p.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), help="sliding window (eval.crop_size)")
+    p.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding window stride (eval.stride)")
+    p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--scales", type=float, nargs="+", help="multi-scale: image scale factors (eval.scales)")
+
+
 def _jsonable(metrics: dict) -> dict:
+    import torch
+
     def plain(v):
         if isinstance(v, torch.Tensor):
             v = v.tolist()
@@ -237,29 +281,70 @@ def _jsonable(metrics: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- predict
-def _collect_inputs(inputs: list[str]) -> list[Path]:
-    files = []
+def _collect_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
+    """(image files, other files found in the given folders); a missing input is an error."""
+    files, others = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            for found in sorted(p for p in path.rglob("*") if p.is_file()):
+                (files if found.suffix.lower() in IMAGE_SUFFIXES else others).append(found)
         elif path.is_file():
             files.append(path)
         else:
             raise FileNotFoundError(f"input not found: {path}")
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(inputs)}")
-    return files
+    return files, others
+
+
+def _skipped_summary(others: list[Path], unreadable: list[tuple[Path, str]]) -> str | None:
+    """One line: how many files were skipped and why."""
+    parts = []
+    if others:
+        suffixes = sorted({p.suffix.lower() or "(no suffix)" for p in others})
+        parts.append(f"{len(others)} not an image ({', '.join(suffixes[:6])}{', ...' if len(suffixes) > 6 else ''})")
+    if unreadable:
+        shown = "; ".join(f"{path}: {why}" for path, why in unreadable[:3])
+        parts.append(f"{len(unreadable)} unreadable ({shown}{'; ...' if len(unreadable) > 3 else ''})")
+    return f"skipped {len(others) + len(unreadable)} file(s): {', '.join(parts)}" if parts else None
+
+
+def _prediction_classes(config, from_config: bool, checkpoint: str | None, num_classes: int):
+    """(class names, palette) for label PNGs and overlays: the run config's dataset (names and colours, also from
+    its dataset.yaml), else the checkpoint's metadata (written by seglab train), else numbered classes."""
+    import json
+
+    from seglab.data.datasets import dataset_classes
+    from seglab.engine.checkpoint import checkpoint_meta
+    from seglab.tools.visualize import make_palette
+
+    found = None
+    if from_config:
+        options = {k: v for k, v in config.data.options.items() if k in ("classes", "palette")}
+        found = dataset_classes(config.data.dataset, config.data.root, **options)
+    if found is None and checkpoint is not None:
+        meta = checkpoint_meta(checkpoint)
+        if meta is not None and "classes" in meta.extra:
+            classes = json.loads(meta.extra["classes"])
+            palette = json.loads(meta.extra["palette"]) if "palette" in meta.extra else make_palette(len(classes))
+            found = tuple(classes), palette
+    if found is None or len(found[0]) != num_classes:
+        return tuple(str(i) for i in range(num_classes)), make_palette(num_classes)
+    return found[0], make_palette(num_classes, palette=found[1])
 
 
 def cmd_predict(args) -> int:
+    import torch
+    from tqdm import tqdm
+
     from seglab.config import load_config
     from seglab.data.datasets import read_image
     from seglab.engine.instance import is_instance_checkpoint, is_instance_config
     from seglab.engine.run import build_model, build_test_transform
     from seglab.inference import predict
     from seglab.registry import create_model
-    from seglab.tools.visualize import make_palette, save_label_png, save_overlay_png
+    from seglab.tools.visualize import save_label_png, save_overlay_png
 
     if (args.model is None) == (args.config is None):
         raise SystemExit("predict: give exactly one of --model NAME or --config CONFIG")
@@ -273,31 +358,42 @@ def cmd_predict(args) -> int:
     device = _device(args.device)
     model = model.to(device).eval()
     transform = build_test_transform(config)
-    palette = make_palette(model.num_classes)
+    classes, palette = _prediction_classes(config, args.config is not None, args.checkpoint, model.num_classes)
+    files, others = _collect_inputs(args.inputs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    _apply_inference_flags(config, args)
     ev = config.eval
-    mode = args.mode or ev.mode
-    crop = tuple(args.crop_size) if args.crop_size else ev.crop_size
-    stride = tuple(args.stride) if args.stride else ev.stride
     align_corners = bool(getattr(model.decode_head, "align_corners", False))
-    for path in _collect_inputs(args.inputs):
-        image = read_image(path)  # uint8 (3, H, W)
+    unreadable: list[tuple[Path, str]] = []
+    written = 0
+    for path in tqdm(files, desc="predict", unit="image", dynamic_ncols=True, disable=len(files) < 2):
+        try:
+            image = read_image(path)  # uint8 (3, H, W)
+        except (OSError, ValueError) as exc:
+            unreadable.append((path, _one_line(str(exc))))
+            continue
         with torch.inference_mode():
-            probs = predict(model, transform(image)[0][None].to(device), mode=mode, crop_size=crop, stride=stride,
-                            flip=args.flip or ev.flip, scales=tuple(args.scales or ev.scales),
+            probs = predict(model, transform(image)[0][None].to(device), mode=ev.mode, crop_size=ev.crop_size,
+                            stride=ev.stride, flip=ev.flip, scales=tuple(ev.scales),
                             out_size=tuple(image.shape[-2:]), align_corners=align_corners)
         labels = probs.argmax(1)[0].cpu().numpy()
         save_label_png(out / f"{path.stem}.png", labels, palette)
-        save_overlay_png(out / f"{path.stem}_overlay.png", image.permute(1, 2, 0).numpy(), labels, palette)
-        print(f"{path} -> {out / (path.stem + '.png')}")
-    return 0
+        save_overlay_png(out / f"{path.stem}_overlay.png", image.permute(1, 2, 0).numpy(), labels, palette,
+                         class_names=classes)
+        written += 1
+    print(f"wrote {written} label PNG(s) and overlay(s) to {out}")
+    summary = _skipped_summary(others, unreadable)
+    if summary:
+        print(f"seglab predict: {summary}", file=sys.stderr)
+    return 0 if written else 1
 
 
 # ---------------------------------------------------------------------------------------------------- instances
 def _instance_map(masks: torch.Tensor, scores: torch.Tensor):
     """(H, W) uint8 map: instance k + 1 where mask k is the highest-scoring mask covering the pixel, else 0."""
     import numpy as np
+    import torch
 
     height, width = masks.shape[-2:]
     out = np.zeros((height, width), np.uint8)
@@ -311,6 +407,7 @@ def _instance_map(masks: torch.Tensor, scores: torch.Tensor):
 def _write_instances(out: Path, stem: str, image: torch.Tensor, result: dict, class_names) -> None:
     """`{stem}.png` instance map, `{stem}_overlay.png`, `{stem}_masks.npz` (masks, boxes, labels, scores) and
     `{stem}.json` (per instance: label, class, score, box)."""
+
     import numpy as np
 
     from seglab.tools.visualize import make_palette, save_label_png, save_overlay_png
@@ -355,7 +452,7 @@ def _predict_instances(args) -> int:
             class_names = None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for path in _collect_inputs(args.inputs):
+    for path in _collect_inputs(args.inputs)[0]:
         image = read_image(path)
         result = _keep(predict_instances(model, image.to(device)), args.score_thresh)
         _write_instances(out, path.stem, image, result, class_names)
@@ -365,6 +462,7 @@ def _predict_instances(args) -> int:
 
 def _load_bpr(path: str, device: torch.device):
     """A BPR network from a `seglab.instance.bpr_train.save_bpr` checkpoint, in eval mode on `device`."""
+
     from seglab.instance.bpr_train import load_bpr
 
     return load_bpr(path).to(device).eval()
@@ -381,6 +479,7 @@ def _coarse_masks_file(masks_arg: Path, stem: str) -> Path:
 
 def cmd_refine(args) -> int:
     import numpy as np
+    import torch
     from PIL import Image
 
     from seglab.data.datasets import read_image
@@ -396,7 +495,7 @@ def cmd_refine(args) -> int:
         from seglab.instance.mask_rcnn import predict_instances
 
         detector = load_instance_checkpoint(args.detector).to(device).eval()
-    inputs = _collect_inputs(args.inputs)
+    inputs = _collect_inputs(args.inputs)[0]
     if args.masks and Path(args.masks).is_file() and len(inputs) > 1:
         raise SystemExit("refine: one --masks file fits one image; pass a folder of {stem}_masks.npz for several")
     out = Path(args.out)
@@ -438,7 +537,15 @@ def cmd_models(args) -> int:
     from seglab.registry import list_models
     from seglab.tools.flops import format_model_table, model_table
 
-    print(format_model_table(model_table(list_models(), size=(args.size, args.size)), size=args.size))
+    names = list_models(args.pattern if any(c in args.pattern for c in "*?[") else f"*{args.pattern}*")
+    if not names:
+        from seglab.registry import UnknownModelError, get_entry
+
+        try:
+            get_entry(args.pattern)  # says "did you mean ..."
+        except UnknownModelError as exc:
+            raise ValueError(f"no model matches {args.pattern}: {exc}") from None
+    print(format_model_table(model_table(names, size=(args.size, args.size), flops=args.flops), size=args.size))
     return 0
 
 
@@ -484,6 +591,8 @@ def _parse_overrides(items: list[str], model_name: str, current: dict) -> dict:
 
 def _check_fits(result, model_name: str) -> None:
     """Fails, naming the tensors, when the converted weights no longer fit the model built with the overrides."""
+    import torch
+
     from seglab.engine.checkpoint import describe_mismatch
     from seglab.registry import create_model
 
@@ -629,6 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the metrics as JSON here")
     p.add_argument("--confusion", metavar="PNG", help="draw the row-normalised confusion matrix here")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    _add_inference_flags(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="segment images; writes label PNGs and colour overlays")
@@ -641,11 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seglab safetensors checkpoint, or a plain state dict of the model (.safetensors, .pth, .pt)")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--mode", choices=("whole", "slide"))
-    p.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--flip", action="store_true")
-    p.add_argument("--scales", type=float, nargs="+")
+    _add_inference_flags(p)
     p.add_argument("--score-thresh", type=float, default=0.5,
                    help="instance models: keep detections scoring at least this (default 0.5)")
     p.add_argument("--device")
@@ -664,8 +770,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.set_defaults(func=cmd_refine)
 
-    p = sub.add_parser("models", help="list models with parameters and GFLOPs")
-    p.add_argument("--size", type=int, default=512)
+    p = sub.add_parser("models", help="list models (name filter, parameters; GFLOPs with --flops)")
+    p.add_argument("pattern", nargs="?", default="*",
+                   help="a part of the name (segformer) or a shell pattern (upernet_*_t*); default all")
+    p.add_argument("--flops", action="store_true", help="also count GFLOPs (a forward pass per model: slower)")
+    p.add_argument("--size", type=int, default=512, help="input side for --flops")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("info", help="per-stage output shapes, parameters and FLOPs of a model")
@@ -749,28 +858,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
+    args = build_parser().parse_args(argv)  # before the imports below (torch): `--help` answers at once
+
     from seglab.config import ConfigError
     from seglab.data.datasets import DatasetError
     from seglab.engine.checkpoint import CheckpointNote
 
-    args = build_parser().parse_args(argv)
-    show_warning = warnings.showwarning
-
-    def show_notes(message, category, filename, lineno, file=None, line=None):
-        # what create_model inferred from a checkpoint (e.g. the class count of a plain state dict): one line
-        if issubclass(category, CheckpointNote):
-            print(f"seglab {args.command}: note: {message}", file=sys.stderr)
-        else:
-            show_warning(message, category, filename, lineno, file, line)
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        # one line each, without the source line Python would echo; notes are what create_model inferred from a
+        # checkpoint (e.g. the class count of a plain state dict)
+        kind = "note" if issubclass(category, CheckpointNote) else "warning"
+        print(f"seglab {args.command}: {kind}: {_one_line(str(message))}", file=sys.stderr)
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", CheckpointNote)
-            warnings.showwarning = show_notes
+            warnings.showwarning = show_warning
             return args.func(args)
     except (ConfigError, DatasetError, FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:
-        print(f"seglab {args.command}: error: {exc}", file=sys.stderr)
+        print(f"seglab {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+
+
+def _one_line(message: str) -> str:
+    """A multi-line message (e.g. a list of mismatching tensors) as one line: its lines joined by "; "."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return " ".join(f"{line};" if i < len(lines) - 1 and not line.endswith(":") else line
+                    for i, line in enumerate(lines))
 
 
 if __name__ == "__main__":

@@ -701,6 +701,30 @@ def dataset_arguments(name: str, root: str | Path, split: str, **kwargs: Any) ->
     return spec.resolve_root(root), {**spec.arguments(split), **kwargs}
 
 
+def dataset_classes(name: str, root: str | Path, **kwargs: Any) -> tuple[tuple[str, ...], list] | None:
+    """(class names, palette) of a dataset without reading its images: a public dataset's own, the shapes classes,
+    or a folder's `dataset.yaml` (its palette, else `make_palette`); None when a folder has no `dataset.yaml`.
+    `kwargs` are the run config's `data.options` (their `classes` / `palette` win)."""
+    if name == "folder":
+        meta = read_dataset_meta(Path(root)) if Path(root).is_dir() else None
+        classes = kwargs.get("classes") or (meta or {}).get("classes")
+        if not classes:
+            return None
+        palette = kwargs.get("palette") or (meta or {}).get("palette")
+    elif name == "shapes":
+        from seglab.data.synthetic import SHAPES_CLASSES, SHAPES_PALETTE
+
+        classes, palette = kwargs.get("classes") or SHAPES_CLASSES, kwargs.get("palette") or SHAPES_PALETTE
+    elif name in DATASETS:
+        classes = kwargs.get("classes") or DATASETS[name].classes
+        palette = kwargs.get("palette") or DATASETS[name].palette
+    else:
+        raise KeyError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
+    if palette is None or len(palette) != len(classes):
+        palette = make_palette(len(classes))
+    return tuple(classes), [tuple(int(v) for v in c) for c in palette]
+
+
 def build_dataset(
     name: str,
     root: str | Path,

@@ -42,14 +42,24 @@ class CheckpointMeta:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Calls `write(tmp_path)` on a temporary file next to `path`, then renames it over `path`."""
+    """Calls `write(tmp_path)` on a temporary file next to `path`, then renames it over `path`.
+
+    The file gets the mode a plain `open(path, "w")` would give (0666 less the umask: 0644 under the usual 022),
+    not the temporary file's private 0600, so others on a shared machine can read results."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -214,6 +224,22 @@ def describe_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tenso
     return lines
 
 
+def _class_counts(model: nn.Module, state: dict[str, torch.Tensor], path) -> tuple[int, int] | None:
+    """(the model's num_classes, the checkpoint's) when they differ, for a model built by `create_model`."""
+    name = getattr(model, "model_name", None)
+    if name is None:
+        return None
+    overrides = getattr(model, "model_overrides", {})
+    try:
+        own = infer_num_classes(name, model.state_dict(), overrides)
+        theirs = infer_num_classes(name, state, overrides, origin=str(path))
+    except (KeyError, ValueError):
+        return None
+    if own is None or theirs is None or own[0] == theirs[0]:
+        return None
+    return own[0], theirs[0]
+
+
 def load_model_weights(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
     """Loads a checkpoint into `model` strictly, with an error that names the file and lists what does not match.
 
@@ -228,6 +254,11 @@ def load_model_weights(model: nn.Module, path: str | Path, state: dict[str, torc
     if problems:
         name = getattr(model, "model_name", None)
         lines = [f"checkpoint {path} does not fit the model{f' {name}' if name else ''}:", *problems]
+        counts = _class_counts(model, state, path)
+        if counts is not None:
+            lines.append(f"  the checkpoint has num_classes={counts[1]}, the model was built with "
+                         f"num_classes={counts[0]}: build it with {counts[1]} classes (--num-classes / "
+                         f"model.num_classes), or fine-tune with --init-from to change the class count")
         if state and all(k.startswith("backbone.") for k in state):
             lines.append("  it holds backbone weights only: use it as the run config's `model.pretrained`")
         elif not set(state) & set(own):

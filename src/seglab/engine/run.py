@@ -81,6 +81,36 @@ def build_test_transform(config: RunConfig) -> TestTransform:
                          mean=tuple(data.mean), std=tuple(data.std))
 
 
+def scale_mismatch(config: RunConfig, dataset, samples: int = 8) -> str | None:
+    """A warning when evaluation would feed the model its images at another scale than training did: the test
+    transform keeps the image size (or uses another scale) while the training scale (at resize ratio 1) would
+    resize the same images by more than 10%. Looks at the sizes (file headers only) of the first `samples`."""
+    from PIL import Image
+
+    from seglab.data.transforms import rescale_size
+
+    train_scale, test_scale = tuple(config.data.train_transform.scale), config.data.test_transform.scale
+    index = getattr(dataset, "index", None)
+    if index is None or not index.samples:
+        return None
+    for sample in index.samples[:samples]:
+        try:
+            with Image.open(sample[0]) as picture:
+                width, height = picture.size
+        except OSError:
+            continue
+        trained = rescale_size(height, width, train_scale)
+        tested = rescale_size(height, width, tuple(test_scale)) if test_scale else (height, width)
+        if abs(trained[0] / tested[0] - 1) > 0.1 or abs(trained[1] / tested[1] - 1) > 0.1:
+            test = (f"data.test_transform.scale {list(test_scale)}" if test_scale
+                    else "data.test_transform.scale unset (the image's own size)")
+            return (f"training resizes {Path(sample[0]).name} ({height}x{width}) to {trained[0]}x{trained[1]} "
+                    f"(data.train_transform.scale {list(train_scale)}), evaluation feeds it at "
+                    f"{tested[0]}x{tested[1]} ({test}): objects appear at another scale than the model learned; "
+                    f"set data.test_transform.scale: {list(train_scale)} to evaluate as trained")
+    return None
+
+
 def build_model(config: RunConfig, num_classes: int | None, checkpoint: str | None = None) -> nn.Module:
     """The configured model; `checkpoint` (or `model.checkpoint`) loads whole-model weights,
     `model.pretrained` backbone weights."""

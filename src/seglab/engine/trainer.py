@@ -379,6 +379,11 @@ class Trainer:
                                                 skip_bad=config.data.on_bad_sample == "skip")
         self.skipped_samples = 0
         self.class_names = list(getattr(train_set, "classes", None) or []) or None
+        palette = getattr(train_set, "palette", None)
+        # class names and colours travel in every saved model's metadata (seglab predict draws with them)
+        self.class_meta = {"classes": json.dumps(self.class_names)} if self.class_names else {}
+        if self.class_names and palette is not None and len(palette) == len(self.class_names):
+            self.class_meta["palette"] = json.dumps([[int(v) for v in c] for c in palette])
         self.evaluate_fn = evaluate_fn
         self.work_dir = Path(cfg.train.work_dir)
         self.total_batch = self.world_size * cfg.data.batch_size * cfg.optim.accumulate
@@ -473,7 +478,7 @@ class Trainer:
         if self.is_main:
             self._check_finite_weights()
             weights, state_path = self._checkpoint_paths(self.iteration)
-            extra = {"iteration": str(self.iteration)}
+            extra = {"iteration": str(self.iteration), **self.class_meta}
 
             def write() -> None:
                 save_model(weights, self.model, extra=extra)
@@ -669,7 +674,7 @@ class Trainer:
             self.best_miou = float(miou)
             if self.is_main:
                 path = self.work_dir / "best.safetensors"
-                extra = {"iteration": str(self.iteration), "mIoU": f"{miou:.6f}"}
+                extra = {"iteration": str(self.iteration), "mIoU": f"{miou:.6f}", **self.class_meta}
                 self._write_guarded([], lambda: save_model(path, target, extra=extra),
                                     f"{path.name} (iteration {self.iteration})")
             barrier()

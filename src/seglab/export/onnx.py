@@ -89,6 +89,7 @@ def export_onnx(
                     model, (images,), None, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                     opset_version=opset, dynamic_shapes=({0: dim, 2: dim, 3: dim},), verbose=False,
                 )
+                _name_axes(program.model)
                 # one self-contained file, so that the atomic rename moves everything
                 atomic_write(path, lambda tmp: program.save(tmp, external_data=False))
             else:
@@ -110,6 +111,31 @@ def export_onnx(
     finally:
         model.train(was_training)
     return path
+
+
+def _name_axes(model) -> None:
+    """Renames the exporter's shape symbols (`s34`, `s14`, `s54`) to batch, height and width everywhere in the graph,
+    so that the input reads (batch, 3, height, width) and an output e.g. (batch, K, ((height - 1)//4) + 1, ...)."""
+    import re
+
+    import onnx_ir as ir
+
+    dims = model.graph.inputs[0].shape
+    names = {str(dims[axis]): name for axis, name in ((0, "batch"), (2, "height"), (3, "width"))
+             if isinstance(dims[axis], ir.SymbolicDim) and dims[axis].value}
+    if not names:
+        return
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+
+    def renamed(shape):
+        return ir.Shape([ir.SymbolicDim(pattern.sub(lambda m: names[m.group(1)], d.value))
+                         if isinstance(d, ir.SymbolicDim) and d.value else d for d in shape])
+
+    values = [*model.graph.inputs, *model.graph.outputs]
+    values += [v for node in model.graph.all_nodes() for v in node.outputs]
+    for value in values:
+        if value.shape is not None:
+            value.shape = renamed(value.shape)
 
 
 def check_onnx(

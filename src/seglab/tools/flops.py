@@ -126,43 +126,52 @@ def _build(name: str, device: str, num_classes: int | None) -> nn.Module:
 
 
 def model_table(
-    names: Sequence[str], size: int | Sequence[int] = (512, 512), num_classes: int | None = None
+    names: Sequence[str], size: int | Sequence[int] = (512, 512), num_classes: int | None = None,
+    flops: bool = True,
 ) -> list[dict[str, Any]]:
-    """One row per registered model: `name, params_m, published_params_m, gflops, device`.
+    """One row per registered model: `name, params_m, published_params_m, gflops, device, description`.
 
-    `gflops` is in the paper convention (`count_flops` / 1e9: giga multiply-adds) at `size`. Models are built
-    on the meta device; a model that cannot run there is built and run on the CPU (`device` says which).
+    `gflops` is in the paper convention (`count_flops` / 1e9: giga multiply-adds) at `size`, None unless `flops`.
+    Models are built on the meta device (no memory, no initialisation); a model whose FLOPs cannot be counted
+    there is built and run on the CPU (`device` says which).
 
     Args:
         names: registered model names (see `seglab.list_models()`).
         size: input (height, width), or one side.
         num_classes: output classes; default each model's own (150 for ADE20K models).
+        flops: count FLOPs (a forward pass per model: seconds for the whole zoo).
     """
     from seglab.registry import get_entry
 
     rows = []
     for name in names:
         entry = get_entry(name)
-        row: dict[str, Any] = {"name": name}
-        try:
-            model, device = _build(name, "meta", num_classes), "meta"
-            flops = count_flops(model, size)
-        except (RuntimeError, NotImplementedError, TypeError, ValueError):
-            model, device = _build(name, "cpu", num_classes), "cpu"
-            flops = count_flops(model, size)
+        row: dict[str, Any] = {"name": name, "description": entry.description}
+        model, device, gflops = _build(name, "meta", num_classes), "meta", None
+        if flops:
+            try:
+                gflops = count_flops(model, size) / 1e9
+            except (RuntimeError, NotImplementedError, TypeError, ValueError):
+                model, device = _build(name, "cpu", num_classes), "cpu"
+                gflops = count_flops(model, size) / 1e9
         row.update(params_m=count_params(model) / 1e6, published_params_m=entry.published_params_m,
-                   gflops=flops / 1e9, device=device)
+                   gflops=gflops, device=device)
         rows.append(row)
     return rows
 
 
 def format_model_table(rows: Sequence[dict[str, Any]], size: int | Sequence[int] = (512, 512)) -> str:
-    """The rows of `model_table` as aligned text."""
+    """The rows of `model_table` as aligned text (a GFLOPs column when they were counted)."""
     height, width = _pair(size)
-    header = f"{'model':<24} {'params (M)':>10} {'paper (M)':>10} {f'GFLOPs @{height}x{width}':>18}"
+    with_flops = any(row["gflops"] is not None for row in rows)
+    header = f"{'model':<24} {'params (M)':>10} {'paper (M)':>10}"
+    header += f" {f'GFLOPs @{height}x{width}':>18}" if with_flops else "  description"
     lines = [header, "-" * len(header)]
     for row in rows:
         published = f"{row['published_params_m']:.1f}" if row["published_params_m"] is not None else "-"
-        lines.append(f"{row['name']:<24} {row['params_m']:>10.2f} {published:>10} {row['gflops']:>18.2f}")
-    lines.append("GFLOPs = 1e9 multiply-adds (the papers' convention), attention included")
+        line = f"{row['name']:<24} {row['params_m']:>10.2f} {published:>10}"
+        line += f" {row['gflops']:>18.2f}" if with_flops else f"  {row['description']}"
+        lines.append(line)
+    if with_flops:
+        lines.append("GFLOPs = 1e9 multiply-adds (the papers' convention), attention included")
     return "\n".join(lines)

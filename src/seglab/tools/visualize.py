@@ -165,9 +165,11 @@ def save_label_png(path: str | Path, labels: Any, palette: Any, ignore_index: in
 
 
 def save_overlay_png(
-    path: str | Path, image: Any, labels: Any, palette: Any, alpha: float = 0.5, ignore_index: int = IGNORE_INDEX
+    path: str | Path, image: Any, labels: Any, palette: Any, alpha: float = 0.5, ignore_index: int = IGNORE_INDEX,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
-    """Writes `overlay(image, labels, palette, alpha)` as an RGB PNG.
+    """Writes `overlay(image, labels, palette, alpha)` as an RGB PNG, with a legend of the classes present when
+    `class_names` is given.
 
     Args:
         path: the `.png` file to write.
@@ -176,8 +178,39 @@ def save_overlay_png(
         palette: (K, 3) uint8 colours.
         alpha: weight of the label colours.
         ignore_index: the label left unblended.
+        class_names: one name per class; the legend (right of the image) lists the classes present.
     """
-    return _save_png(path, Image.fromarray(overlay(image, labels, palette, alpha, ignore_index)))
+    blended = overlay(image, labels, palette, alpha, ignore_index)
+    if class_names is not None:
+        present = [int(c) for c in np.unique(_to_numpy(labels, "labels")) if c != ignore_index]
+        blended = with_legend(blended, [(class_names[c], _check_palette(palette)[c]) for c in present])
+    return _save_png(path, Image.fromarray(blended))
+
+
+def with_legend(picture: np.ndarray, entries: Sequence[tuple[str, Any]], row_height: int = 14) -> np.ndarray:
+    """`picture` (H, W, 3) with a white panel on its right listing `entries` (name, colour): a colour swatch and
+    the name per row, in as many columns as the picture's height needs."""
+    from PIL import ImageDraw, ImageFont
+
+    if not entries:
+        return picture
+    font = ImageFont.load_default()
+    height = max(picture.shape[0], row_height + 4)
+    rows = max(1, (height - 4) // row_height)
+    columns = math.ceil(len(entries) / rows)
+    text_width = max(int(font.getlength(name)) for name, _ in entries)
+    column_width = text_width + row_height + 10
+    panel = Image.new("RGB", (columns * column_width + 4, height), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    for i, (name, colour) in enumerate(entries):
+        x, y = 4 + (i // rows) * column_width, 2 + (i % rows) * row_height
+        draw.rectangle([x, y + 2, x + row_height - 5, y + row_height - 3], fill=tuple(int(v) for v in colour),
+                       outline=(0, 0, 0))
+        draw.text((x + row_height, y), name, fill=(0, 0, 0), font=font)
+    out = np.full((height, picture.shape[1] + panel.width, 3), 255, dtype=np.uint8)
+    out[: picture.shape[0], : picture.shape[1]] = picture
+    out[:, picture.shape[1]:] = np.asarray(panel)
+    return out
 
 
 def save_side_by_side(
