@@ -22,8 +22,9 @@ $(STAMP_TEST): pyproject.toml $(STAMP_BASE)
 
 venv: $(STAMP_BASE)
 
+# `make demo ARGS="--set train.seed=3"`: other settings for the same run
 demo: $(STAMP_BASE)
-	$(VENV)/bin/seglab demo --out work_dirs/demo
+	$(VENV)/bin/seglab demo --out work_dirs/demo $(ARGS)
 
 # the fast tier (README's test command); `test-all` runs the rest: slow tests and the mmsegmentation comparisons
 test: $(STAMP_TEST)

@@ -28,7 +28,7 @@ import yaml
 
 
 def _overrides(mapping: dict) -> list[str]:
-    return [f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in mapping.items()]
+    return [f"{k}={json.dumps(v) if isinstance(v, dict | list) or v is None else v}" for k, v in mapping.items()]
 
 
 def _prepare_data(config_path: str, overrides: list[str]) -> None:
