@@ -49,6 +49,10 @@ def _ensure_loaded() -> None:
     import seglab.models  # noqa: F401  (importing registers every family)
 
 
+class CheckpointNote(UserWarning):
+    """Something `create_model` inferred from a checkpoint without seglab metadata (the CLI prints it as a note)."""
+
+
 class UnknownModelError(KeyError):
     """A model name that is not registered; the message names close matches."""
 
@@ -97,13 +101,12 @@ def create_model(
             a plain state dict of this model with seglab's key names (a `.safetensors` without seglab metadata, a
             `.pth` / `.pt` read with `torch.load(weights_only=True)`): the model gets its default options and, unless
             `num_classes` is given, the class count read from the file's classifier, reported as a
-            `seglab.engine.checkpoint.CheckpointNote` warning.
+            `CheckpointNote` warning.
         **overrides: constructor options of the model (see `seglab info NAME`).
     """
     import warnings
 
     from seglab.engine.checkpoint import (
-        CheckpointNote,
         checkpoint_meta,
         infer_num_classes,
         load_model_weights,

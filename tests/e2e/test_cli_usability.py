@@ -160,8 +160,11 @@ def test_files_are_created_with_the_users_umask(config, checkpoint, folder, tmp_
     assert oct((tmp_path / "private" / "dataset.yaml").stat().st_mode & 0o777) == oct(0o600)
 
 
-def test_help_does_not_load_torch():
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["models", "segformer"]])
+def test_help_and_listing_do_not_load_torch(argv):
     code = ("import sys\nfrom seglab.cli.main import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)")
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip().endswith("False")
+    assert result.stdout.strip().endswith("False"), result.stdout
+    if argv[0] == "models":
+        assert "segformer_b5" in result.stdout and "upernet" not in result.stdout

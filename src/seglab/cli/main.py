@@ -534,18 +534,14 @@ def cmd_refine(args) -> int:
 
 # ---------------------------------------------------------------------------------------------------- models / info
 def cmd_models(args) -> int:
-    from seglab.registry import list_models
-    from seglab.tools.flops import format_model_table, model_table
+    from seglab.catalog import format_model_table, load_catalog, select
 
-    names = list_models(args.pattern if any(c in args.pattern for c in "*?[") else f"*{args.pattern}*")
-    if not names:
-        from seglab.registry import UnknownModelError, get_entry
+    rows = select(load_catalog(), args.pattern)  # from the catalogue: no torch, no model built
+    if args.flops:
+        from seglab.tools.flops import model_table
 
-        try:
-            get_entry(args.pattern)  # says "did you mean ..."
-        except UnknownModelError as exc:
-            raise ValueError(f"no model matches {args.pattern}: {exc}") from None
-    print(format_model_table(model_table(names, size=(args.size, args.size), flops=args.flops), size=args.size))
+        rows = model_table([row["name"] for row in rows], size=(args.size, args.size), flops=True)
+    print(format_model_table(rows, size=args.size))
     return 0
 
 
@@ -860,9 +856,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)  # before the imports below (torch): `--help` answers at once
 
-    from seglab.config import ConfigError
-    from seglab.data.datasets import DatasetError
-    from seglab.engine.checkpoint import CheckpointNote
+    from seglab.registry import CheckpointNote  # torch-free, as config.py: `seglab models` never loads torch
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
         # one line each, without the source line Python would echo; notes are what create_model inferred from a
@@ -875,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always", CheckpointNote)
             warnings.showwarning = show_warning
             return args.func(args)
-    except (ConfigError, DatasetError, FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:  # ConfigError, DatasetError too
         print(f"seglab {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
 

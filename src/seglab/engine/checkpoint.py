@@ -27,9 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-
-class CheckpointNote(UserWarning):
-    """Something `create_model` inferred from a checkpoint without seglab metadata (the CLI prints it as a note)."""
+from seglab.registry import CheckpointNote  # noqa: F401  (defined there, torch-free, for the CLI)
 
 
 @dataclass

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from seglab.catalog import format_model_table  # noqa: F401  (its home before the catalogue)
+
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
@@ -158,20 +160,3 @@ def model_table(
                    gflops=gflops, device=device)
         rows.append(row)
     return rows
-
-
-def format_model_table(rows: Sequence[dict[str, Any]], size: int | Sequence[int] = (512, 512)) -> str:
-    """The rows of `model_table` as aligned text (a GFLOPs column when they were counted)."""
-    height, width = _pair(size)
-    with_flops = any(row["gflops"] is not None for row in rows)
-    header = f"{'model':<24} {'params (M)':>10} {'paper (M)':>10}"
-    header += f" {f'GFLOPs @{height}x{width}':>18}" if with_flops else "  description"
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        published = f"{row['published_params_m']:.1f}" if row["published_params_m"] is not None else "-"
-        line = f"{row['name']:<24} {row['params_m']:>10.2f} {published:>10}"
-        line += f" {row['gflops']:>18.2f}" if with_flops else f"  {row['description']}"
-        lines.append(line)
-    if with_flops:
-        lines.append("GFLOPs = 1e9 multiply-adds (the papers' convention), attention included")
-    return "\n".join(lines)
