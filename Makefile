@@ -28,10 +28,10 @@ demo: $(STAMP_BASE)
 
 # the fast tier (README's test command); `test-all` runs the rest: slow tests and the mmsegmentation comparisons
 test: $(STAMP_TEST)
-	$(PY) -m pytest -q -m "not slow and not mmseg"
+	$(PY) -m pytest -q --durations=10 -m "not slow and not mmseg"
 
 test-all: $(STAMP_TEST)
-	$(PY) -m pytest -q -m "slow or mmseg"
+	$(PY) -m pytest -q --durations=10 -m "slow or mmseg"
 
 clean:
 	rm -rf work_dirs .pytest_cache
