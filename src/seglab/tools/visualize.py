@@ -313,7 +313,10 @@ def plot_training_curve(jsonl_path: str | Path, out_png: str | Path, smoothing: 
         iters = [it for it, _, _ in train]
         losses = [loss for _, loss, _ in train]
         loss_ax.plot(iters, losses, color="tab:blue", alpha=0.3, linewidth=1, label="loss")
-        loss_ax.plot(iters, _smooth(losses, smoothing), color="tab:blue", linewidth=2, label="loss (smoothed)")
+        # the averaging window (about 1 / (1 - weight) points) at most ~5% of the curve: a short log with few
+        # records would otherwise show a smoothed line lagging far behind the raw one
+        weight = min(smoothing, max(0.0, 1.0 - 1.0 / max(1.0, 0.05 * len(losses))))
+        loss_ax.plot(iters, _smooth(losses, weight), color="tab:blue", linewidth=2, label="loss (smoothed)")
         loss_ax.set_ylabel("loss")
         loss_ax.grid(alpha=0.3)
     handles, labels = loss_ax.get_legend_handles_labels()
