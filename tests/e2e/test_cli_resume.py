@@ -115,3 +115,17 @@ def test_resume_keeps_superseded_log_records(config_file, tmp_path, capsys):
     assert superseded == [{"kind": "train", "iter": 3, "loss": 9.0}]
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_eta_counts_the_remaining_steps_and_evaluations():
+    from seglab.config import load_config
+    from seglab.engine.trainer import Trainer
+
+    trainer = Trainer.__new__(Trainer)  # only the log-line arithmetic is exercised
+    trainer.config = load_config(None, ["schedule.iters=1000", "eval.interval=300"])
+    trainer.evaluate_fn, trainer._part_names, trainer._last_eval_time = object(), None, 20.0
+    record = {"iter": 100, "loss": 0.5, "lr": 1e-3, "sec_per_iter": 0.5, "peak_mem_mb": 100.0}
+    # 900 steps x 0.5 s + evaluations at 300, 600, 900 and 1000 x 20 s = 450 + 80 s
+    assert "eta 0:08:50" in trainer._train_line(record)
+    trainer.evaluate_fn = None
+    assert "eta 0:07:30" in trainer._train_line(record)

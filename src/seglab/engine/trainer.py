@@ -415,6 +415,7 @@ class Trainer:
         weights = cfg.loss.class_weights
         self.class_weights = torch.tensor(weights, dtype=torch.float32, device=self.device) if weights else None
         self._part_names: list[str] | None = None
+        self._last_eval_time = 0.0  # seconds; the ETA counts the evaluations still to come at this duration
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def _checkpoint_paths(self, iteration: int) -> tuple[Path, Path]:
@@ -654,6 +655,7 @@ class Trainer:
         with torch.inference_mode():
             metrics = self.evaluate_fn(target)
         eval_time = time.perf_counter() - start
+        self._last_eval_time = eval_time
         self._set_train_mode()
         _set_rng_state(rng)
 
@@ -891,9 +893,14 @@ class Trainer:
             sys.stdout.flush()
 
     def _train_line(self, record: dict) -> str:
-        """`iter 220/6000  loss 0.5123  lr 2.48e-04  0.140 s/it  eta 0:13:18  mem 812 MB` (mem: peak RSS on CPU)."""
-        total = self.config.schedule.iters
-        eta = datetime.timedelta(seconds=round((total - record["iter"]) * record["sec_per_iter"]))
+        """`iter 220/6000  loss 0.5123  lr 2.48e-04  0.140 s/it  eta 0:13:18  mem 812 MB` (mem: peak RSS on CPU;
+        eta: the remaining steps at this speed plus the remaining evaluations at the last one's duration)."""
+        total, interval = self.config.schedule.iters, self.config.eval.interval
+        # evaluations still to come (every `eval.interval` and at the end), at the last one's duration
+        evaluations = total // interval - record["iter"] // interval + (total % interval != 0)
+        eval_time = self._last_eval_time if self.evaluate_fn is not None else 0.0
+        seconds = (total - record["iter"]) * record["sec_per_iter"] + evaluations * eval_time
+        eta = datetime.timedelta(seconds=round(seconds))
         parts = [f"iter {record['iter']}/{total}", f"loss {record['loss']:.4f}"]
         parts += [f"{name} {record[name]:.4f}" for name in self._part_names or [] if name != "loss_main"]
         parts += [f"lr {record['lr']:.2e}", f"{record['sec_per_iter']:.3f} s/it", f"eta {eta}",
