@@ -212,3 +212,22 @@ def test_plot_confusion_matrix_bad_input(tmp_path):
     with pytest.raises(ValueError, match="non-negative"):
         plot_confusion_matrix(-np.ones((3, 3)), None, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_legend_lists_each_entry_and_grows_with_the_picture():
+    from seglab.tools.visualize import with_legend
+
+    entries = [("ground", (10, 20, 30)), ("apple", (200, 40, 40)), ("chest of drawers", (40, 200, 40))]
+    small = with_legend(np.zeros((36, 52, 3), np.uint8), entries)
+    large = with_legend(np.zeros((600, 800, 3), np.uint8), entries)
+    assert small.shape[0] == 36 and large.shape[0] == 600
+    assert (small[:, :52] == 0).all() and (large[:, :800] == 0).all()  # the picture itself is untouched
+    for picture, width in ((small, 52), (large, 800)):
+        panel = picture[:, width:].reshape(-1, 3)
+        for _, colour in entries:  # a swatch per entry
+            assert (panel == colour).all(1).any()
+    # 36 px: two rows a column (three entries: two columns); 600 px: one column of larger rows
+    small_rows = (small[:, 52:] == entries[1][1]).all(2).any(1).sum()
+    large_rows = (large[:, 800:] == entries[1][1]).all(2).any(1).sum()
+    assert large_rows > small_rows
+    assert with_legend(np.zeros((8, 8, 3), np.uint8), []).shape == (8, 8, 3)

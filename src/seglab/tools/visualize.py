@@ -187,14 +187,29 @@ def save_overlay_png(
     return _save_png(path, Image.fromarray(blended))
 
 
-def with_legend(picture: np.ndarray, entries: Sequence[tuple[str, Any]], row_height: int = 14) -> np.ndarray:
+def _legend_font(size: int):
+    """DejaVu Sans (shipped with matplotlib, a dependency) at `size` pixels; PIL's bitmap font if it is missing."""
+    from PIL import ImageFont
+
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=False), size)
+    except (ImportError, OSError, ValueError):
+        return ImageFont.load_default()
+
+
+def with_legend(picture: np.ndarray, entries: Sequence[tuple[str, Any]], row_height: int | None = None) -> np.ndarray:
     """`picture` (H, W, 3) with a white panel on its right listing `entries` (name, colour): a colour swatch and
-    the name per row, in as many columns as the picture's height needs."""
-    from PIL import ImageDraw, ImageFont
+    the name per row, in as many columns as the picture's height needs. The rows grow with the picture (1/30 of
+    its height, 14-40 px) so that the names stay readable on large images."""
+    from PIL import ImageDraw
 
     if not entries:
         return picture
-    font = ImageFont.load_default()
+    if row_height is None:
+        row_height = int(min(40, max(14, picture.shape[0] // 30)))
+    font = _legend_font(row_height - 4)
     height = max(picture.shape[0], row_height + 4)
     rows = max(1, (height - 4) // row_height)
     columns = math.ceil(len(entries) / rows)
