@@ -355,8 +355,9 @@ class InstanceTrainer:
         loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                             collate_fn=collate_instances, persistent_workers=cfg.data.num_workers > 0,
                             generator=torch.Generator().manual_seed(cfg.train.seed))
-        bar = tqdm(total=cfg.schedule.iters, initial=self.iteration, disable=not progress, dynamic_ncols=True,
-                   desc="train", mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        # the bar only on a terminal: in a log file the text lines say the same
+        bar = tqdm(total=cfg.schedule.iters, initial=self.iteration, disable=not (progress and sys.stderr.isatty()),
+                   dynamic_ncols=True, desc="train", mininterval=0.5)
         self._set_train_mode()
         batches = iter(loader)
         metrics = None

@@ -848,8 +848,11 @@ class Trainer:
                             pin_memory=self.device.type == "cuda",
                             generator=torch.Generator().manual_seed(cfg.train.seed))
         # redraw twice a second on a terminal, every 30 s into a log file
-        bar = tqdm(total=cfg.schedule.iters, initial=self.iteration, disable=not (progress and self.is_main),
-                   dynamic_ncols=True, desc="train", mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        # the bar only on a terminal: in a log file the text lines (every train.log_interval) say the same, and a
+        # bar's carriage-return updates would run into them
+        bar = tqdm(total=cfg.schedule.iters, initial=self.iteration,
+                   disable=not (progress and self.is_main and sys.stderr.isatty()), dynamic_ncols=True, desc="train",
+                   mininterval=0.5)
         self._set_train_mode()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
