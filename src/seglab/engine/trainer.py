@@ -847,7 +847,6 @@ class Trainer:
                             collate_fn=_stack_pairs, persistent_workers=cfg.data.num_workers > 0,
                             pin_memory=self.device.type == "cuda",
                             generator=torch.Generator().manual_seed(cfg.train.seed))
-        # redraw twice a second on a terminal, every 30 s into a log file
         # the bar only on a terminal: in a log file the text lines (every train.log_interval) say the same, and a
         # bar's carriage-return updates would run into them
         bar = tqdm(total=cfg.schedule.iters, initial=self.iteration,
