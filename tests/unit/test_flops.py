@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import seglab
-from seglab.tools.flops import count_flops, count_params, format_model_table, model_table, stage_shapes
+from seglab.catalog import format_model_table
+from seglab.tools.flops import count_flops, count_params, model_table, stage_shapes
 
 
 @pytest.fixture(scope="module")

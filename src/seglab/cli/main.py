@@ -149,7 +149,7 @@ def cmd_train(args) -> int:
         return _train_instances(config, args, changes)
     try:
         _, _, result = run_training(config, resume=args.resume, progress=not args.no_progress,
-                                          stop_at=args.stop_at, init_from=args.init_from, resume_changes=changes)
+                                    stop_at=args.stop_at, init_from=args.init_from, resume_changes=changes)
     except (NonFiniteLossError, CheckpointWriteError) as exc:
         if is_main_process():
             print(f"seglab train: error: {exc}", file=sys.stderr)
@@ -313,8 +313,6 @@ def _skipped_summary(others: list[Path], unreadable: list[tuple[Path, str]]) -> 
 def _prediction_classes(config, from_config: bool, checkpoint: str | None, num_classes: int):
     """(class names, palette) for label PNGs and overlays: the run config's dataset (names and colours, also from
     its dataset.yaml), else the checkpoint's metadata (written by seglab train), else numbered classes."""
-    import json
-
     from seglab.data.datasets import dataset_classes
     from seglab.engine.checkpoint import checkpoint_meta
     from seglab.tools.visualize import make_palette
@@ -540,7 +538,7 @@ def cmd_models(args) -> int:
     if args.flops:
         from seglab.tools.flops import model_table
 
-        rows = model_table([row["name"] for row in rows], size=(args.size, args.size), flops=True)
+        rows = model_table([row["name"] for row in rows], size=(args.size, args.size))
     print(format_model_table(rows, size=args.size))
     return 0
 

@@ -54,8 +54,11 @@ from seglab.engine.trainer import (
     _rng_state,
     _set_rng_state,
     _torch_save,
+    keep_run_config,
     load_matching_weights,
+    resumed_run_is_complete,
     seed_everything,
+    supersede_log_records,
 )
 from seglab.instance.mask_rcnn import MASK_RCNN_VARIANTS, build_mask_rcnn, evaluate_instances
 
@@ -247,20 +250,8 @@ class InstanceTrainer:
         self.iteration = int(state["iteration"])
         self.best_ap = None if state["best_ap"] < 0 else float(state["best_ap"])
         _set_rng_state(state["rng"])
-        # records a killed run wrote after this checkpoint would appear twice: moved to log.superseded.jsonl
-        log = self.work_dir / "log.jsonl"
-        if log.is_file():
-            kept, dropped = [], []
-            for line in log.read_text().splitlines():
-                try:
-                    keep = json.loads(line)["iter"] <= self.iteration
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    keep = False
-                (kept if keep else dropped).append(f"{line}\n")
-            if dropped:
-                with open(self.work_dir / "log.superseded.jsonl", "a") as f:
-                    f.writelines(dropped)
-                atomic_write(log, lambda tmp: Path(tmp).write_text("".join(kept)))
+        # records a killed run wrote after this checkpoint would appear twice
+        supersede_log_records(self.work_dir, self.iteration)
 
     # ----------------------------------------------------------------------------------------- steps
     def _set_train_mode(self) -> None:
@@ -322,23 +313,11 @@ class InstanceTrainer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
-            if self.iteration >= cfg.schedule.iters:
-                if self.iteration > cfg.schedule.iters:
-                    raise ValueError(f"--resume: the checkpoint is at iteration {self.iteration}, beyond "
-                                     f"schedule.iters {cfg.schedule.iters}; nothing to train")
-                print(f"[seglab] the run in {self.work_dir} is complete (iteration {self.iteration} of "
-                      f"{cfg.schedule.iters}); nothing to train", flush=True)
+            if resumed_run_is_complete(self.work_dir, self.iteration, cfg.schedule.iters):
                 return InstanceTrainResult(self.iteration, None, self.best_ap, self.work_dir)
             self._note(f"resuming from iteration {self.iteration} of {cfg.schedule.iters}")
             if resume_changes:
-                from seglab.config import format_differences
-
-                previous = (self.work_dir / "config.yaml").read_text()
-                atomic_write(self.work_dir / f"config.iter_{self.iteration}.yaml",
-                             lambda tmp: Path(tmp).write_text(previous))
-                self._note(f"--override: continuing with the given config where it differs from the run's (the "
-                           f"run's is kept as config.iter_{self.iteration}.yaml): "
-                           f"{format_differences(resume_changes)}")
+                self._note(keep_run_config(self.work_dir, self.iteration, resume_changes))
         else:
             for stale in ("log.jsonl", "latest.json"):
                 (self.work_dir / stale).unlink(missing_ok=True)

@@ -252,6 +252,51 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"][0])
 
 
+def supersede_log_records(work_dir: Path, iteration: int) -> None:
+    """Moves the log records written after `iteration` (and a line cut short by a kill) from work_dir/log.jsonl to
+    log.superseded.jsonl: a resumed run writes them anew, and nothing is lost."""
+    path = work_dir / "log.jsonl"
+    if not path.is_file():
+        return
+    kept, dropped = [], []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            keep = isinstance(record, dict) and record.get("iter", 0) <= iteration
+        except json.JSONDecodeError:
+            keep = False
+        (kept if keep else dropped).append(line + "\n")
+    if dropped:
+        with open(work_dir / "log.superseded.jsonl", "a") as f:
+            f.writelines(dropped)
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
+
+
+def resumed_run_is_complete(work_dir: Path, iteration: int, iters: int, report: bool = True) -> bool:
+    """True (and says so when `report`) when a resumed checkpoint is already at `schedule.iters`; an error when it is
+    beyond it."""
+    if iteration > iters:
+        raise ValueError(f"--resume: the checkpoint is at iteration {iteration}, beyond schedule.iters {iters}; "
+                         f"nothing to train")
+    if iteration == iters and report:
+        print(f"[seglab] the run in {work_dir} is complete (iteration {iteration} of {iters}); nothing to train",
+              flush=True)
+    return iteration == iters
+
+
+def keep_run_config(work_dir: Path, iteration: int, changes: list) -> str:
+    """`--resume --override`: keeps the run's config.yaml as config.iter_N.yaml (before it is rewritten) and returns
+    the note that lists the changes."""
+    from seglab.config import format_differences
+
+    saved = work_dir / "config.yaml"
+    if saved.is_file():
+        previous = saved.read_text()
+        atomic_write(work_dir / f"config.iter_{iteration}.yaml", lambda tmp: Path(tmp).write_text(previous))
+    return (f"--override: continuing with the given config where it differs from the run's (the run's is kept as "
+            f"config.iter_{iteration}.yaml): {format_differences(changes)}")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -582,28 +627,6 @@ class Trainer:
         self.notes.append("\n".join(lines))
         return report
 
-    def _trim_log(self) -> None:
-        """Moves log records written after the checkpoint being resumed (and a line cut short by a kill) from
-        log.jsonl to log.superseded.jsonl: the resumed run writes them anew, and nothing is lost."""
-        path = self.work_dir / "log.jsonl"
-        if not path.is_file():
-            return
-        kept, dropped = [], []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                dropped.append(line + "\n")
-                continue
-            if isinstance(record, dict) and record.get("iter", 0) <= self.iteration:
-                kept.append(line + "\n")
-            else:
-                dropped.append(line + "\n")
-        if dropped:
-            with open(self.work_dir / "log.superseded.jsonl", "a") as f:
-                f.writelines(dropped)
-            atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
-
     # ----------------------------------------------------------------------------------------- training
     def _autocast(self):
         amp = self.config.train.amp
@@ -798,30 +821,17 @@ class Trainer:
         barrier()
         if resume:
             saved_lr = self.resume()
-            if self.iteration >= cfg.schedule.iters:
-                if self.iteration > cfg.schedule.iters:
-                    raise ValueError(f"--resume: the checkpoint is at iteration {self.iteration}, beyond "
-                                     f"schedule.iters {cfg.schedule.iters}; nothing to train")
-                if self.is_main:
-                    print(f"[seglab] the run in {self.work_dir} is complete (iteration {self.iteration} of "
-                          f"{cfg.schedule.iters}); nothing to train", flush=True)
+            if resumed_run_is_complete(self.work_dir, self.iteration, cfg.schedule.iters, report=self.is_main):
                 return TrainResult(self.iteration, None, self.best_miou, self.work_dir, self.bad_steps)
             self.notes.insert(0, f"resuming from iteration {self.iteration} of {cfg.schedule.iters}")
             if resume_changes:
-                from seglab.config import format_differences
-
-                self.notes.insert(1, f"--override: continuing with the given config where it differs from the "
-                                     f"run's (the run's is kept as config.iter_{self.iteration}.yaml): "
-                                     f"{format_differences(resume_changes)}")
+                if self.is_main:  # rank 0 writes files and prints the notes
+                    self.notes.insert(1, keep_run_config(self.work_dir, self.iteration, resume_changes))
                 new_lr = set_lr(self.optimizer, self.iteration, cfg.schedule)
                 if saved_lr is not None and not math.isclose(new_lr, saved_lr, rel_tol=0.01, abs_tol=1e-12):
                     self.notes.insert(2, f"--override: the learning rate at iteration {self.iteration} is "
                                          f"{saved_lr:.3g} under the run's schedule and {new_lr:.3g} under the given "
                                          f"one (poly over the new length, at the same iteration)")
-                if self.is_main and (self.work_dir / "config.yaml").is_file():
-                    previous = (self.work_dir / "config.yaml").read_text()
-                    atomic_write(self.work_dir / f"config.iter_{self.iteration}.yaml",
-                                 lambda tmp: Path(tmp).write_text(previous))
         else:
             if self.is_main:
                 for stale in ("log.jsonl", "latest.json"):
@@ -831,7 +841,7 @@ class Trainer:
         writer = None
         if self.is_main:
             if resume:
-                self._trim_log()
+                supersede_log_records(self.work_dir, self.iteration)
             atomic_write(self.work_dir / "config.yaml", lambda tmp: Path(tmp).write_text(dump_config(cfg)))
             writer = _tensorboard_writer(self.work_dir, purge_step=self.iteration if resume else None)
         for note in self.notes:

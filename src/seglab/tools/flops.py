@@ -20,8 +20,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from seglab.catalog import format_model_table  # noqa: F401  (its home before the catalogue)
-
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
@@ -128,35 +126,32 @@ def _build(name: str, device: str, num_classes: int | None) -> nn.Module:
 
 
 def model_table(
-    names: Sequence[str], size: int | Sequence[int] = (512, 512), num_classes: int | None = None,
-    flops: bool = True,
+    names: Sequence[str], size: int | Sequence[int] = (512, 512), num_classes: int | None = None
 ) -> list[dict[str, Any]]:
-    """One row per registered model: `name, params_m, published_params_m, gflops, device, description`.
+    """One row per registered model: `name, params_m, published_params_m, gflops, device`, for
+    `seglab.catalog.format_model_table`.
 
-    `gflops` is in the paper convention (`count_flops` / 1e9: giga multiply-adds) at `size`, None unless `flops`.
-    Models are built on the meta device (no memory, no initialisation); a model whose FLOPs cannot be counted
-    there is built and run on the CPU (`device` says which).
+    `gflops` is in the paper convention (`count_flops` / 1e9: giga multiply-adds) at `size`. Models are built
+    on the meta device; a model that cannot run there is built and run on the CPU (`device` says which).
 
     Args:
         names: registered model names (see `seglab.list_models()`).
         size: input (height, width), or one side.
         num_classes: output classes; default each model's own (150 for ADE20K models).
-        flops: count FLOPs (a forward pass per model: seconds for the whole zoo).
     """
     from seglab.registry import get_entry
 
     rows = []
     for name in names:
         entry = get_entry(name)
-        row: dict[str, Any] = {"name": name, "description": entry.description}
-        model, device, gflops = _build(name, "meta", num_classes), "meta", None
-        if flops:
-            try:
-                gflops = count_flops(model, size) / 1e9
-            except (RuntimeError, NotImplementedError, TypeError, ValueError):
-                model, device = _build(name, "cpu", num_classes), "cpu"
-                gflops = count_flops(model, size) / 1e9
+        row: dict[str, Any] = {"name": name}
+        try:
+            model, device = _build(name, "meta", num_classes), "meta"
+            flops = count_flops(model, size)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            model, device = _build(name, "cpu", num_classes), "cpu"
+            flops = count_flops(model, size)
         row.update(params_m=count_params(model) / 1e6, published_params_m=entry.published_params_m,
-                   gflops=gflops, device=device)
+                   gflops=flops / 1e9, device=device)
         rows.append(row)
     return rows
