@@ -27,7 +27,10 @@ class ModelConfig:
     name: str = "segformer_b0"
     num_classes: int | None = None  # default: the dataset's class count
     checkpoint: str | None = None  # seglab safetensors file of the whole model to start from
-    pretrained: str | None = None  # backbone weights (e.g. ImageNet MiT converted with `seglab convert`)
+    # backbone weights: a tag of `seglab weights NAME` (`imagenet`, `imagenet22k`: downloaded and converted on first
+    # use) or a file (e.g. an ImageNet MiT converted with `seglab convert`)
+    pretrained: str | None = None
+    init: str | None = None  # whole-model published weights by tag (`ade20k-512`); another num_classes refits the classifier
     overrides: dict[str, Any] = field(default_factory=dict)  # constructor options (see `seglab info NAME`)
 
 
@@ -420,3 +423,17 @@ def format_differences(differences: list[tuple[str, Any, Any]]) -> str:
         return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
 
     return "; ".join(f"{key} {show(old)} -> {show(new)}" for key, old, new in differences)
+
+
+def test_pipeline(config: RunConfig) -> dict[str, Any]:
+    """How a model trained with `config` is fed at test time, in the weights table's terms: `mean`, `std` and
+    `test` (`scale`, `size_divisor`, `mode`, and `crop` / `stride` for slide inference)."""
+    t, ev = config.data.test_transform, config.eval
+    test: dict[str, Any] = {"mode": ev.mode}
+    if t.scale:
+        test["scale"] = list(t.scale)
+    if t.size_divisor:
+        test["size_divisor"] = t.size_divisor
+    if ev.mode == "slide":
+        test.update(crop=list(ev.crop_size) if ev.crop_size else None, stride=list(ev.stride) if ev.stride else None)
+    return {"mean": list(config.data.mean), "std": list(config.data.std), "test": test}

@@ -307,7 +307,7 @@ def test_unknown_source_and_model_are_refused():
     sd = random_state(official_manifest("b0", num_classes=3))
     with pytest.raises(ValueError, match="valid: " + ", ".join(SOURCES)):
         convert_checkpoint(sd, "detectron2", "segformer_b0")
-    assert set(SOURCES) == {"hf", "official", "mmseg"}
+    assert set(SOURCES) == {"hf", "official", "mmseg", "timm", "torchvision"}
     with pytest.raises(ValueError, match="no 'hf' converter for model 'segnext_t'"):
         convert_checkpoint(sd, "hf", "segnext_t")
 

@@ -1,4 +1,4 @@
-"""`seglab` command line: train, eval, predict, refine, models, info, convert, export, data, demo.
+"""`seglab` command line: train, eval, predict, refine, models, weights, push, info, convert, export, data, demo.
 
 Run configs whose `data.dataset` is an instance dataset (`coco_instances`, `shapes_instances`) train, evaluate
 and predict with Mask R-CNN through `seglab.engine.instance`; the others are semantic segmentation runs.
@@ -7,6 +7,7 @@ and predict with Mask R-CNN through `seglab.engine.instance`; the others are sem
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 import time
@@ -344,8 +345,20 @@ def cmd_predict(args) -> int:
     from seglab.registry import create_model
     from seglab.tools.visualize import save_label_png, save_overlay_png
 
+    if args.from_pretrained:
+        if args.model or args.config or args.checkpoint or args.pretrained:
+            raise SystemExit("predict: --from-pretrained takes the model, weights and pipeline from the saved folder "
+                             "or repo; give no --model, --config, --checkpoint or --pretrained with it")
+        return _predict_pretrained(args)
     if (args.model is None) == (args.config is None):
         raise SystemExit("predict: give exactly one of --model NAME or --config CONFIG")
+    if (args.checkpoint is None) == (args.pretrained is None):
+        raise SystemExit("predict: give exactly one of --checkpoint FILE or --pretrained TAG (`seglab weights NAME` "
+                         "lists the tags)")
+    if args.pretrained:
+        if args.config:
+            raise SystemExit("predict: --pretrained goes with --model NAME (the weights bring their test pipeline)")
+        return _predict_pretrained(args)
     config = load_config(args.config, args.set)
     if is_instance_checkpoint(args.checkpoint) or (args.config and is_instance_config(config)):
         return _predict_instances(args)
@@ -379,6 +392,48 @@ def cmd_predict(args) -> int:
         save_label_png(out / f"{path.stem}.png", labels, palette)
         save_overlay_png(out / f"{path.stem}_overlay.png", image.permute(1, 2, 0).numpy(), labels, palette,
                          class_names=classes)
+        written += 1
+    print(f"wrote {written} label PNG(s) and overlay(s) to {out}")
+    summary = _skipped_summary(others, unreadable)
+    if summary:
+        print(f"seglab predict: {summary}", file=sys.stderr)
+    return 0 if written else 1
+
+
+def _predict_pretrained(args) -> int:
+    """predict with published weights by tag, or a folder / Hub repo written by save_pretrained: the weights'
+    classes, palette, normalisation and test pipeline (whole or slide), unless the inference flags say otherwise."""
+    from tqdm import tqdm
+
+    from seglab.hub.predictor import Predictor
+    from seglab.hub.sharing import from_pretrained
+
+    if args.from_pretrained:
+        model = from_pretrained(args.from_pretrained)
+    else:
+        from seglab.hub.pretrained import create_model as create_pretrained
+
+        model = create_pretrained(args.model, num_classes=args.num_classes, pretrained=args.pretrained)
+    flags = {"mode": args.mode, "crop_size": args.crop_size, "stride": args.stride}
+    predictor = Predictor(model, device=_device(args.device), flip=bool(args.flip),
+                          scales=tuple(args.scales) if args.scales else (1.0,),
+                          **{k: (tuple(v) if isinstance(v, list) else v) for k, v in flags.items() if v})
+    meta = getattr(model, "seglab_meta", {})
+    t = predictor
+    print(f"{meta.get('weights') or model.model_name}: {len(t.classes)} classes, {t.mode} inference"
+          + (f" (windows {t.crop_size}, stride {t.stride})" if t.mode == "slide" else "")
+          + f", resize to {t.transform.scale or 'none'}, mean {list(t.transform.mean)}")
+    files, others = _collect_inputs(args.inputs)
+    out = Path(args.out)
+    unreadable: list[tuple[Path, str]] = []
+    written = 0
+    for path in tqdm(files, desc="predict", unit="image", dynamic_ncols=True, disable=len(files) < 2):
+        try:
+            result = predictor(path)
+        except (OSError, ValueError) as exc:
+            unreadable.append((path, _one_line(str(exc))))
+            continue
+        result.save(out, path.stem)
         written += 1
     print(f"wrote {written} label PNG(s) and overlay(s) to {out}")
     summary = _skipped_summary(others, unreadable)
@@ -540,6 +595,61 @@ def cmd_models(args) -> int:
 
         rows = model_table([row["name"] for row in rows], size=(args.size, args.size))
     print(format_model_table(rows, size=args.size))
+    return 0
+
+
+def cmd_weights(args) -> int:
+    from seglab.hub.download import cached_path, is_cached, seglab_home
+    from seglab.hub.table import list_weights, load_table
+
+    rows = list_weights(args.pattern)
+    if not rows:
+        table = load_table()
+        reasons = [u for u in table.unpublished if fnmatch.fnmatch(u.get("model", ""), args.pattern)]
+        for u in reasons:
+            print(f"{u['model']}: {u['reason']}")
+        if not reasons:
+            print(f"no weights match {args.pattern!r}; `seglab weights` lists them all")
+        return 0 if reasons else 1
+    header = ("model", "tag", "dataset", "mIoU", "source", "convert", "cached")
+    lines = []
+    for e in rows:
+        where = {"hub": f"hf:{e.hub.repo}" if e.hub else "", "url": e.url or "", "manual": "manual"}[e.fetch]
+        if e.fetch == "url":
+            where = where.split("://", 1)[-1].split("/", 1)[0]
+        miou = "" if e.miou is None else f"{e.miou:.2f}"
+        lines.append((e.model, e.tag + (" *" if e.default else ""), e.dataset, miou, where, e.convert,
+                      "yes" if is_cached(e) else ""))
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    for line in (header, *lines):
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip())
+    print(f"{len(rows)} row(s); * = the model's default (pretrained=True); cache: {seglab_home()}")
+    if args.verbose:
+        for e in rows:
+            print(f"\n{e.name}\n  from: {e.location}\n  file: {cached_path(e)}\n  licence: {e.licence}"
+                  + (f"\n  notes: {e.notes}" if e.notes else ""))
+    return 0
+
+
+def cmd_push(args) -> int:
+    from seglab.hub.pretrained import create_model as create_pretrained
+
+    model = create_pretrained(args.model, checkpoint=args.checkpoint) if args.model else None
+    if model is None:
+        from seglab.engine.checkpoint import read_checkpoint_meta
+
+        name = read_checkpoint_meta(args.checkpoint).model
+        model = create_pretrained(name, checkpoint=args.checkpoint)
+    metrics = {}
+    if args.miou is not None:
+        metrics["mIoU"] = args.miou
+    if args.dir:
+        model.save_pretrained(args.dir, **({"metrics": metrics} if metrics else {}))
+        print(f"{args.checkpoint} -> {args.dir} (config.json, model.safetensors, README.md)")
+    if args.repo_id:
+        url = model.push_to_hub(args.repo_id, private=args.private or None,
+                                **({"metrics": metrics} if metrics else {}))
+        print(f"{args.checkpoint} -> {args.repo_id}: {url}")
     return 0
 
 
@@ -741,8 +851,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--num-classes", type=int, help="default: the checkpoint's (read from a plain state dict's "
                                                    "classifier)")
-    p.add_argument("--checkpoint", required=True,
+    p.add_argument("--checkpoint",
                    help="seglab safetensors checkpoint, or a plain state dict of the model (.safetensors, .pth, .pt)")
+    p.add_argument("--pretrained", metavar="TAG",
+                   help="published weights of --model by tag (`seglab weights NAME`), with their classes and test "
+                        "pipeline; downloaded and converted on first use")
+    p.add_argument("--from-pretrained", metavar="DIR_OR_REPO",
+                   help="a folder written by save_pretrained / `seglab push --dir`, or a Hugging Face repo id")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder")
     _add_inference_flags(p)
@@ -771,6 +886,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512, help="input side for --flops")
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("weights", help="list the published weights (model, tag, dataset, mIoU, source, cached)")
+    p.add_argument("pattern", nargs="?", default="*", help="model name or model:tag, shell-style (e.g. 'segformer_*')")
+    p.add_argument("-v", "--verbose", action="store_true", help="also each row's source, cache file and licence")
+    p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("push", help="share a checkpoint as a Hugging Face model repo (or a save_pretrained folder)")
+    p.add_argument("checkpoint", help="seglab safetensors checkpoint (e.g. work_dirs/run/best.safetensors)")
+    p.add_argument("repo_id", nargs="?", help="owner/name on the Hub (HF_ENDPOINT, HF_TOKEN apply)")
+    p.add_argument("--dir", help="write the folder (config.json, model.safetensors, README.md) here")
+    p.add_argument("--model", help="model name, for a plain state dict without seglab metadata")
+    p.add_argument("--miou", type=float, help="the mIoU to state in the model card")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.set_defaults(func=cmd_push)
+
     p = sub.add_parser("info", help="per-stage output shapes, parameters and FLOPs of a model")
     p.add_argument("name")
     p.add_argument("--num-classes", type=int)
@@ -779,7 +908,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("convert", help="convert a foreign checkpoint to a seglab safetensors file")
-    p.add_argument("--source", required=True, choices=("hf", "official", "mmseg"))
+    p.add_argument("--source", required=True, choices=("hf", "official", "mmseg", "timm", "torchvision"),
+                   help="the layout of SRC (timm / torchvision: ImageNet backbones from those libraries)")
     p.add_argument("--model", required=True)
     p.add_argument("--img-size", type=int, default=None,
                    help="ViT models (setr_*, segmenter_vit_*, segvit_*): resample an ImageNet ViT's position embedding "
@@ -854,6 +984,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)  # before the imports below (torch): `--help` answers at once
 
+    from seglab.hub.download import WeightsDownloadError  # torch-free too
     from seglab.registry import CheckpointNote  # torch-free, as config.py: `seglab models` never loads torch
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
@@ -867,7 +998,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always", CheckpointNote)
             warnings.showwarning = show_warning
             return args.func(args)
-    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:  # ConfigError, DatasetError too
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError, WeightsDownloadError) as exc:  # ConfigError,
+        # DatasetError, UnknownWeightsError too
         print(f"seglab {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
 

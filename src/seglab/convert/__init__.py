@@ -22,6 +22,13 @@ its configs load), `mmseg` an mmseg ViT for `setr_*` and `segmenter_vit_*`, and 
 resampled to the model's grid; `img_size` chooses that grid (768 for the Cityscapes recipes, 480 for Pascal
 Context) and becomes the result's `img_size` override. For `maskformer_*`, `official` also takes a torchvision
 ResNet-50/101 state dict or an official Swin ImageNet checkpoint (recognised by having no `sem_seg_head.*` key).
+
+Sources `timm` and `torchvision` name ImageNet classifiers in those libraries' layouts (the `timm/<name>` Hub files,
+`download.pytorch.org` state dicts) and always convert to backbone-only weights: `timm` takes a ViT for `setr_*`,
+`segvit_*` (as `official` does) and `segmenter_vit_*` (`convert_segmenter_timm`: mmseg's numerics, the same result as
+mmseg's converted `vit_*_p16_384` file), a Swin for `upernet_swin_*` and `maskformer_swin_*`, and an HRNet
+(HRNet-Image-Classification names) for `fcn_hrnetv2_*` (timm's nearest fuse upsampling as an override);
+`torchvision` takes a ResNet-50/101 for `maskformer_r50` / `maskformer_r101`.
 """
 
 from __future__ import annotations
@@ -36,11 +43,11 @@ from seglab.convert.bpr import convert_bpr_official
 from seglab.convert.common import ConversionResult, read_source
 from seglab.convert.cyclemlp import convert_cyclemlp_official
 from seglab.convert.hf import convert_segformer_hf
-from seglab.convert.hrnet import convert_hrnet_mmseg, convert_hrnet_official
+from seglab.convert.hrnet import convert_hrnet_mmseg, convert_hrnet_official, convert_hrnet_timm_backbone
 from seglab.convert.maskformer import convert_maskformer_hf, convert_maskformer_official
 from seglab.convert.mmseg import convert_segformer_mmseg
 from seglab.convert.official import convert_segformer_official
-from seglab.convert.segmenter import convert_segmenter_mmseg, convert_segmenter_official
+from seglab.convert.segmenter import convert_segmenter_mmseg, convert_segmenter_official, convert_segmenter_timm
 from seglab.convert.segnext import convert_segnext_mmseg, convert_segnext_official
 from seglab.convert.segvit import convert_segvit_official
 from seglab.convert.setr import convert_setr_mmseg, convert_setr_official
@@ -61,6 +68,11 @@ CONVERTERS: dict[str, dict[str, Converter]] = {
     "mmseg": {"segformer_": convert_segformer_mmseg, "segnext_": convert_segnext_mmseg,
               "fcn_hrnetv2_": convert_hrnet_mmseg, "upernet_swin_": convert_upernet_swin_mmseg,
               "setr_": convert_setr_mmseg, "segmenter_vit_": convert_segmenter_mmseg},
+    # ImageNet classifiers of timm / torchvision (backbone-only results)
+    "timm": {"setr_": convert_setr_official, "segvit_": convert_segvit_official,
+             "segmenter_vit_": convert_segmenter_timm, "upernet_swin_": convert_upernet_swin_mmseg,
+             "maskformer_swin_": convert_maskformer_official, "fcn_hrnetv2_": convert_hrnet_timm_backbone},
+    "torchvision": {"maskformer_r": convert_maskformer_official},
 }
 SOURCES = tuple(CONVERTERS)
 # model families whose converters take `img_size` (plain-ViT models with a learned position embedding)
@@ -76,7 +88,7 @@ def convert_checkpoint(
         src: a `.safetensors` / `.pth` / `.pt` / `.bin` file (torch files are read with `weights_only=True`), a JAX
             ViT `.npz` (read with `numpy.load(allow_pickle=False)`), or an already loaded state dict; `state_dict` /
             `model` wrappers are unwrapped.
-        source: the layout of `src`: `hf`, `official` or `mmseg`.
+        source: the layout of `src`: `hf`, `official`, `mmseg`, or `timm` / `torchvision` (ImageNet classifiers).
         model_name: the seglab model the weights are for (e.g. `segformer_b2`, `segnext_t`); its variant must match the
             checkpoint's shapes.
         img_size: ViT families only (`setr_*`, `segmenter_vit_*`, `segvit_*`): the crop an ImageNet ViT's position

@@ -9,6 +9,7 @@ shape.
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -223,6 +224,43 @@ def read_npz(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+# what a detectron2 `.pkl` checkpoint (a pickled dict of numpy arrays) may name; anything else is refused
+_PKL_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "ndarray"),
+    ("numpy", "dtype"), ("collections", "OrderedDict"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Builds numpy arrays, dicts, lists and strings, and nothing else: no pickled code runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PKL_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays are allowed)")
+        return super().find_class(module, name)
+
+
+def read_pkl(path: Path) -> dict[str, torch.Tensor]:
+    """The arrays of a detectron2 `.pkl` checkpoint (`{"model": {name: ndarray}, ...}`, MaskFormer's official
+    `model_final_*.pkl`) as tensors, read by an unpickler that only builds numpy arrays."""
+    try:
+        with open(path, "rb") as f:
+            obj = _ArrayUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
+        raise ValueError(f"cannot read {path} as a detectron2 checkpoint of numpy arrays: {exc}") from exc
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a dict of arrays (detectron2 `model`), got {type(obj).__name__}")
+    tensors = {}
+    for key, value in obj.items():
+        if not isinstance(value, np.ndarray) or value.dtype == object:
+            raise ValueError(f"{path}: entry {key!r} is not a numeric array")
+        tensors[str(key)] = torch.from_numpy(np.ascontiguousarray(value))
+    return tensors
+
+
 def read_source(src: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
     """Loads `src` (a path or an already loaded checkpoint) into a flat state dict; also returns its name.
 
@@ -240,6 +278,8 @@ def read_source(src: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Te
         return unwrap_state_dict(load_file(str(path)), str(path)), str(path)
     if path.suffix == ".npz":
         return read_npz(path), str(path)
+    if path.suffix == ".pkl":
+        return read_pkl(path), str(path)
     if path.suffix not in TORCH_SUFFIXES:
         raise ValueError(f"{path}: unknown checkpoint suffix {path.suffix!r}; expected .safetensors, .npz or one of "
                          f"{', '.join(TORCH_SUFFIXES)}")

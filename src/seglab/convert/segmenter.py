@@ -227,3 +227,28 @@ def convert_segmenter_mmseg(
         apply_rename_table(source, target, MMSEG_MASK_TABLE)
     source.check_consumed(f"{model_name} (mmseg Segmenter layout)")
     return _finish(source, target, model_name, variant, linear, {}, img_size)
+
+
+def convert_segmenter_timm(
+    state_dict: dict[str, torch.Tensor], model_name: str, origin: str = "state dict", img_size: int | None = None,
+) -> ConversionResult:
+    """Converts a timm ViT (`vit_*_patch16_384.augreg_in21k_ft_in1k`; a JAX / AugReg `.npz` too) as backbone-only
+    weights with mmseg's numerics, seglab's defaults (the model's bicubic position-embedding resampling).
+
+    These are the weights mmseg's `pretrain/segmenter/vit_*_p16_384_20220308-*.pth` were converted from (with
+    `vitjax2mmseg.py`), so the result equals that of `convert_segmenter_mmseg` on the mmseg file; the `official`
+    source takes the same timm file with the original code's numerics (`interpolate_mode="bilinear"`) instead.
+
+    Args:
+        state_dict: a timm `VisionTransformer` state dict (`patch_embed.proj`, `blocks.{i}.*`, `norm`, `head`).
+        model_name: `segmenter_vit_t` .. `segmenter_vit_l` or `segmenter_vit_s_linear`.
+        origin: the file name, for error messages.
+        img_size: the crop to resample the position embedding for (default the variant's), returned as the
+            `img_size` override.
+    """
+    segmenter_variant(model_name, "timm")
+    if any(k.startswith(("encoder.", "decoder.", "decode_head.", "backbone.")) for k in state_dict):
+        raise ValueError(f"{origin}: a whole Segmenter checkpoint, not a timm ViT; convert it with source 'official' "
+                         f"(rstrudel/segmenter) or 'mmseg'")
+    source = SourceKeys(state_dict, origin)
+    return imagenet_vit_backbone(source, convert_vit_timm, model_name, _img_size_option(img_size), final_norm=True)

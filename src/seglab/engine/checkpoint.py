@@ -264,3 +264,28 @@ def load_model_weights(model: nn.Module, path: str | Path, state: dict[str, torc
                          "`seglab convert --source official|mmseg|hf`")
         raise ValueError("\n".join(lines))
     model.load_state_dict(state, strict=True)
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+    """Loads pretrained weights into `model.backbone` strictly.
+
+    Args:
+        model: a model with a `backbone` attribute (every `EncoderDecoder`).
+        path: a seglab file whose keys are `backbone.*` (what `seglab convert` writes for an ImageNet encoder such
+            as `mit_b0.pth`; a whole-model checkpoint works too, its other keys are ignored), or a state dict of
+            the backbone alone (keys without the prefix). Every backbone tensor must be present with its shape.
+    """
+    state = load_state_dict(path)
+    prefixed = any(k.startswith("backbone.") for k in state)
+    if prefixed:
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    problems = describe_mismatch(model.backbone.state_dict(), state)
+    if problems:
+        name = getattr(model, "model_name", type(model).__name__)
+        lines = [f"pretrained backbone weights {path} do not fit the {type(model.backbone).__name__} of {name} "
+                 f"(another variant?):", *problems]
+        if not prefixed:
+            lines.append(f"  a foreign checkpoint must be converted first: seglab convert --source official|mmseg|hf "
+                         f"--model {name} {path} DST.safetensors")
+        raise ValueError("\n".join(lines))
+    model.backbone.load_state_dict(state, strict=True)

@@ -10,7 +10,7 @@ from torch import nn
 from seglab.config import RunConfig
 from seglab.data.datasets import build_dataset
 from seglab.data.transforms import TestTransform, TrainTransform
-from seglab.engine.checkpoint import describe_mismatch, load_state_dict
+from seglab.engine.checkpoint import load_backbone_weights  # noqa: F401  (re-exported: engine.run.load_backbone_weights)
 from seglab.inference import predict
 from seglab.metrics import ConfusionMatrix
 from seglab.registry import create_model
@@ -112,39 +112,37 @@ def scale_mismatch(config: RunConfig, dataset, samples: int = 8) -> str | None:
 
 
 def build_model(config: RunConfig, num_classes: int | None, checkpoint: str | None = None) -> nn.Module:
-    """The configured model; `checkpoint` (or `model.checkpoint`) loads whole-model weights,
-    `model.pretrained` backbone weights."""
-    checkpoint = checkpoint or config.model.checkpoint
-    model = create_model(config.model.name, num_classes=config.model.num_classes or num_classes,
-                         checkpoint=checkpoint, **config.model.overrides)
-    if config.model.pretrained and checkpoint is None:
-        load_backbone_weights(model, config.model.pretrained)
+    """The configured model: `checkpoint` (or `model.checkpoint`) loads whole-model weights from a file; otherwise
+    `model.init` whole-model published weights by tag, and `model.pretrained` backbone weights by tag or file."""
+    from seglab.hub.pretrained import create_model as create_pretrained
+    from seglab.hub.table import find_weights
+
+    m = config.model
+    checkpoint = checkpoint or m.checkpoint
+    num_classes = m.num_classes or num_classes
+    if checkpoint is not None:
+        return create_model(m.name, num_classes=num_classes, checkpoint=checkpoint, **m.overrides)
+    if m.init and m.pretrained:
+        raise ValueError("model.init (whole-model weights) and model.pretrained (backbone weights) exclude each "
+                         "other: give one")
+    if m.init:
+        return create_pretrained(m.name, num_classes=num_classes, pretrained=m.init, **m.overrides)
+    if m.pretrained and not Path(m.pretrained).exists() and _looks_like_tag(m.pretrained):
+        entry = find_weights(m.name, m.pretrained)
+        if not entry.backbone_only:
+            raise ValueError(f"model.pretrained: {entry.name} holds whole-model weights; set model.init: "
+                             f"{entry.tag} to start from them (model.pretrained takes backbone weights)")
+        return create_pretrained(m.name, num_classes=num_classes, pretrained=m.pretrained, **m.overrides)
+    model = create_model(m.name, num_classes=num_classes, **m.overrides)
+    if m.pretrained:
+        load_backbone_weights(model, m.pretrained)
     return model
 
 
-def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
-    """Loads pretrained weights into `model.backbone` strictly.
-
-    Args:
-        model: a model with a `backbone` attribute (every `EncoderDecoder`).
-        path: a seglab file whose keys are `backbone.*` (what `seglab convert` writes for an ImageNet encoder such
-            as `mit_b0.pth`; a whole-model checkpoint works too, its other keys are ignored), or a state dict of
-            the backbone alone (keys without the prefix). Every backbone tensor must be present with its shape.
-    """
-    state = load_state_dict(path)
-    prefixed = any(k.startswith("backbone.") for k in state)
-    if prefixed:
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    problems = describe_mismatch(model.backbone.state_dict(), state)
-    if problems:
-        name = getattr(model, "model_name", type(model).__name__)
-        lines = [f"pretrained backbone weights {path} do not fit the {type(model.backbone).__name__} of {name} "
-                 f"(another variant?):", *problems]
-        if not prefixed:
-            lines.append(f"  a foreign checkpoint must be converted first: seglab convert --source official|mmseg|hf "
-                         f"--model {name} {path} DST.safetensors")
-        raise ValueError("\n".join(lines))
-    model.backbone.load_state_dict(state, strict=True)
+def _looks_like_tag(value: str) -> bool:
+    """A weights tag (`imagenet`, `ade20k-512`) rather than a path (a separator or a checkpoint suffix)."""
+    suffixes = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".npz", ".pkl")
+    return "/" not in value and "\\" not in value and not value.endswith(suffixes)
 
 
 def _same_size_batches(dataset, batch_size: int):

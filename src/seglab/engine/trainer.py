@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from seglab.config import RunConfig, ScheduleConfig, dump_config
+from seglab.config import RunConfig, ScheduleConfig, dump_config, test_pipeline
 from seglab.engine.checkpoint import atomic_write, load_model_weights, load_state_dict, save_model
 from seglab.engine.distributed import (
     all_reduce_mean,
@@ -429,6 +429,8 @@ class Trainer:
         self.class_meta = {"classes": json.dumps(self.class_names)} if self.class_names else {}
         if self.class_names and palette is not None and len(palette) == len(self.class_names):
             self.class_meta["palette"] = json.dumps([[int(v) for v in c] for c in palette])
+        # and how to feed it (normalisation, test resize, whole / slide): save_pretrained's config.json reads it
+        self.class_meta["pipeline"] = json.dumps(test_pipeline(config))
         self.evaluate_fn = evaluate_fn
         self.work_dir = Path(cfg.train.work_dir)
         self.total_batch = self.world_size * cfg.data.batch_size * cfg.optim.accumulate

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seglab.pretrained_files import PretrainedMixin
 
-class EncoderDecoder(nn.Module):
+
+class EncoderDecoder(PretrainedMixin, nn.Module):
     """A segmentation model made of a backbone and a decode head.
 
     `forward(images)` returns logits at the head's stride (`output_stride`); resizing, losses and

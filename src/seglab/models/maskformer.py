@@ -27,6 +27,7 @@ from seglab.backbones.resnet import ResNet
 from seglab.backbones.swin import SWIN_CONFIGS, SwinTransformer
 from seglab.heads.maskformer import MaskFormerHead, semantic_scores
 from seglab.losses.maskformer import MaskFormerLoss
+from seglab.pretrained_files import PretrainedMixin
 from seglab.registry import register_model
 
 # detectron2 pads every batch to a multiple of this (`MODEL.MASK_FORMER.SIZE_DIVISIBILITY` of the official configs)
@@ -73,7 +74,7 @@ class MaskFormerSwinOptions(MaskFormerOptions):
     shrink_window: bool = True
 
 
-class MaskFormer(nn.Module):
+class MaskFormer(PretrainedMixin, nn.Module):
     """A backbone and a `MaskFormerHead`, with MaskFormer's set loss.
 
     Args:
