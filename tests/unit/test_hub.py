@@ -350,6 +350,12 @@ def test_imagenet_backbone_by_tag(env, tmp_path):
     for key, value in direct.state_dict.items():
         assert torch.equal(backbone[key], value), key
     assert ours.num_classes == 4
+    # a model built for another crop gets the position embedding resampled for it, cached apart
+    small = seglab.create_model("segmenter_vit_t", pretrained="imagenet", img_size=96, progress=False)
+    resampled = convert_checkpoint(src, entry.convert, "segmenter_vit_t", img_size=96).state_dict
+    assert small.backbone.pos_embed.shape[1] == 1 + 6 * 6
+    assert all(torch.equal(small.state_dict()[k], v) for k, v in resampled.items())
+    assert cached_path(entry, 96).is_file() and cached_path(entry, 96) != cached_path(entry)
 
 
 def test_save_pretrained_and_from_pretrained_are_bit_exact(env, segformer_file, tmp_path):
@@ -409,3 +415,75 @@ def test_two_processes_loading_at_once_download_once(env, segformer_file, tmp_pa
     assert outputs[0][0] == outputs[1][0]
     gets = [r for r in env.requests if r == ("GET", _url_path(entry))]
     assert len(gets) == 1, env.requests
+
+
+def test_every_recipe_names_a_backbone_row():
+    """The configs start from ImageNet weights by tag (`model.pretrained: imagenet`), as the papers' recipes do."""
+    from seglab.config import load_config
+    from seglab.engine.run import _looks_like_tag
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    checked = 0
+    for path in sorted(root.glob("*/*.yaml")):
+        if path.name.startswith("_"):
+            continue
+        model = load_config(path).model
+        if model.pretrained is None:
+            continue
+        assert _looks_like_tag(model.pretrained), f"{path}: {model.pretrained}"
+        assert find_weights(model.name, model.pretrained).backbone_only, path
+        checked += 1
+    assert checked >= 60
+
+
+def test_configs_take_tags(env, segformer_file, tmp_path):
+    """`model.init: TAG` starts the whole model from published weights (another class count: all but the
+    classifier), `model.pretrained: TAG` the backbone; both through the same cache."""
+    from seglab.config import load_config
+    from seglab.engine.run import build_model
+
+    entry = find_weights("segformer_b0", "ade20k-512")
+    _serve(env, entry, segformer_file)
+    config = load_config(None, ["model.name=segformer_b0", "model.init=ade20k-512"])
+    with pytest.warns(CheckpointNote, match="classifier"):
+        model = build_model(config, num_classes=6)
+    full = seglab.create_model("segformer_b0", pretrained="ade20k-512", progress=False).state_dict()
+    assert model.num_classes == 6
+    assert torch.equal(model.state_dict()["backbone.stages.3.norm.weight"], full["backbone.stages.3.norm.weight"])
+    config = load_config(None, ["model.name=segformer_b0", "model.pretrained=ade20k-512"])
+    with pytest.raises(ValueError, match="model.init"):
+        build_model(config, num_classes=6)
+    config = load_config(None, ["model.name=segformer_b0", "model.pretrained=imagenet-21k"])
+    with pytest.raises(KeyError, match="its tags"):
+        build_model(config, num_classes=6)
+
+
+def test_detectron2_pickles_load_arrays_and_nothing_else(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from seglab.convert.common import read_source
+
+    path = tmp_path / "model_final_abc123.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"backbone.res2.0.conv1.weight": np.ones((4, 3, 1, 1), np.float32)},
+                     "__author__": "Detectron2 Model Zoo"}, f)
+    state, _ = read_source(path)
+    assert state["backbone.res2.0.conv1.weight"].shape == (4, 3, 1, 1)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo unsafe",))
+
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"x": Payload()}}, f)
+    with pytest.raises(ValueError, match="refusing to load"):
+        read_source(path)
+
+
+def test_docs_weights_page_is_current():
+    from seglab.hub.docs import render
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "weights.md"
+    assert page.read_text(encoding="utf-8") == render(), "docs/weights.md is out of date: python -m seglab.hub.docs"

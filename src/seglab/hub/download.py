@@ -55,9 +55,11 @@ def placed_path(entry: WeightsEntry) -> Path:
     return downloads / entry.file_name
 
 
-def cached_path(entry: WeightsEntry) -> Path:
-    """Where the converted (seglab safetensors) weights of `entry` are cached."""
-    return seglab_home() / "weights" / entry.model / f"{entry.tag}.safetensors"
+def cached_path(entry: WeightsEntry, img_size: int | None = None) -> Path:
+    """Where the converted (seglab safetensors) weights of `entry` are cached; `img_size`: a ViT backbone converted
+    for another position-embedding grid than the row's."""
+    size = f".img{img_size}" if img_size is not None and img_size != entry.img_size else ""
+    return seglab_home() / "weights" / entry.model / f"{entry.tag}{size}.safetensors"
 
 
 def safetensors_metadata(path: Path) -> dict[str, str] | None:
@@ -72,9 +74,9 @@ def safetensors_metadata(path: Path) -> dict[str, str] | None:
         return None
 
 
-def is_cached(entry: WeightsEntry) -> bool:
+def is_cached(entry: WeightsEntry, img_size: int | None = None) -> bool:
     """Whether the converted file exists and was made from the row's present source."""
-    meta = safetensors_metadata(cached_path(entry))
+    meta = safetensors_metadata(cached_path(entry, img_size))
     return meta is not None and meta.get("source") == entry.location
 
 

@@ -44,19 +44,24 @@ def dataset_meta(entry: WeightsEntry) -> dict[str, Any]:
     return meta
 
 
-def pretrained_path(model: str, tag: str | bool = True, progress: bool = True) -> tuple[WeightsEntry, Path]:
-    """The row of (`model`, `tag`) and its converted seglab file, fetched and converted on first use."""
+def pretrained_path(model: str, tag: str | bool = True, progress: bool = True,
+                    img_size: int | None = None) -> tuple[WeightsEntry, Path]:
+    """The row of (`model`, `tag`) and its converted seglab file, fetched and converted on first use.
+
+    `img_size` (ViT families, backbone rows): the crop the ImageNet position embedding is resampled for (a model
+    built with `img_size=768` needs a 48 x 48 grid); cached separately per size."""
     from seglab.convert import convert_checkpoint
 
     entry = find_weights(model, tag)
-    path = cached_path(entry)
-    if is_cached(entry):
+    size = img_size if entry.backbone_only and img_size is not None else entry.img_size
+    path = cached_path(entry, size)
+    if is_cached(entry, size):
         return entry, path
     with lock(path):
-        if is_cached(entry):  # another process finished it while this one waited
+        if is_cached(entry, size):  # another process finished it while this one waited
             return entry, path
         source, sha256 = fetch_source(entry, progress=progress)
-        result = convert_checkpoint(source, entry.convert, model, img_size=entry.img_size)
+        result = convert_checkpoint(source, entry.convert, model, img_size=size)
         if result.backbone_only != entry.backbone_only:
             kind = "backbone-only" if result.backbone_only else "whole-model"
             raise ValueError(f"{entry.name}: {source} converted to {kind} weights, but the table lists it as "
@@ -116,8 +121,11 @@ def create_model(
         return model
     if checkpoint is not None:
         raise ValueError("give `pretrained` (published weights by tag) or `checkpoint` (a file), not both")
+    from seglab.convert import IMG_SIZE_FAMILIES
+
     registry.get_entry(name)  # an unknown model is the first thing to say
-    entry, path = pretrained_path(name, pretrained, progress=progress)
+    img_size = overrides.get("img_size") if name.startswith(IMG_SIZE_FAMILIES) else None
+    entry, path = pretrained_path(name, pretrained, progress=progress, img_size=img_size)
     meta = checkpoint_meta(path)
     info = json.loads(meta.extra.get("seglab_meta", "{}"))
     options = {**meta.overrides, **overrides}
