@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     import seglab
     from seglab.hub.table import find_weights
 
+    hub = FakeHub().start()
+    os.environ["HF_ENDPOINT"] = hub.url  # before transformers imports huggingface_hub, which reads it once
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    hub = FakeHub().start()
-    os.environ["HF_ENDPOINT"] = hub.url
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; server {hub.url}")
     print(f"{'model':<16}{'file MB':>8}  {'seglab first':>12} {'cached':>8}   {'transformers first':>18} "

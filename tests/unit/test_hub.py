@@ -487,3 +487,25 @@ def test_docs_weights_page_is_current():
 
     page = Path(__file__).resolve().parents[2] / "docs" / "weights.md"
     assert page.read_text(encoding="utf-8") == render(), "docs/weights.md is out of date: python -m seglab.hub.docs"
+
+
+def test_training_checkpoints_with_numpy_metadata_load_without_running_code(tmp_path):
+    """mmengine checkpoints keep numpy scalars in `meta` (best scores): readable with weights_only=True plus numpy's
+    data constructors; a pickled callable is still refused."""
+    import numpy as np
+
+    from seglab.convert.common import read_source
+
+    path = tmp_path / "iter_160000.pth"
+    torch.save({"meta": {"hook_msgs": {"best_score": np.float64(0.4), "ids": np.arange(3)}},
+                "state_dict": {"decode_head.conv_seg.weight": torch.ones(2, 3, 1, 1)}}, path)
+    state, _ = read_source(path)
+    assert list(state) == ["decode_head.conv_seg.weight"]
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo unsafe",))
+
+    torch.save({"meta": Payload(), "state_dict": {}}, path)
+    with pytest.raises(ValueError, match="weights_only=True"):
+        read_source(path)

@@ -241,6 +241,21 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def numpy_safe_globals() -> list:
+    """numpy's scalar and dtype constructors: training checkpoints keep numpy scalars in their metadata (mmengine's
+    `hook_msgs`, best scores); allowing these to `torch.load(weights_only=True)` builds data, never runs code."""
+    core = getattr(np, "_core", None) or np.core
+    found = [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype]
+    found += [type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "uint8", "bool")]
+    return found
+
+
+def torch_load_weights(path: str | Path):
+    """`torch.load(path, weights_only=True)`, with numpy scalars and arrays allowed (see `numpy_safe_globals`)."""
+    with torch.serialization.safe_globals(numpy_safe_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_pkl(path: Path) -> dict[str, torch.Tensor]:
     """The arrays of a detectron2 `.pkl` checkpoint (`{"model": {name: ndarray}, ...}`, MaskFormer's official
     `model_final_*.pkl`) as tensors, read by an unpickler that only builds numpy arrays."""
@@ -284,7 +299,7 @@ def read_source(src: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Te
         raise ValueError(f"{path}: unknown checkpoint suffix {path.suffix!r}; expected .safetensors, .npz or one of "
                          f"{', '.join(TORCH_SUFFIXES)}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load_weights(path)
     except Exception as exc:  # unpickling errors come in many types
         raise ValueError(f"cannot read {path} with torch.load(weights_only=True): {exc}; re-save its state dict "
                          f"alone (torch.save(ckpt['state_dict'], ...)) or as safetensors") from exc
