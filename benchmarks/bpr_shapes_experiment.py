@@ -47,10 +47,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from seglab.checkpoint import read_checkpoint_meta, save_model
 from seglab.data.coco_instances import CocoInstances, RandomHorizontalFlip, generate_shapes_instances
-from seglab.engine.checkpoint import load_model_weights, read_checkpoint_meta, save_model
 from seglab.instance.bpr_train import compare_before_after, refine_dataset, train_bpr
 from seglab.metrics_instance import masks_to_predictions
+from seglab.registry import load_model_weights
 
 
 def train_detector(args: argparse.Namespace, train_set: CocoInstances, log) -> torch.nn.Module:

@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from seglab.registry import list_models
-
-__version__ = "0.1.0"
+from seglab.version import __version__
 
 
 def create_model(name: str, num_classes: int | None = None, checkpoint=None, pretrained: str | bool | None = None,

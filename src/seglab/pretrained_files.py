@@ -26,7 +26,7 @@ _META_KEYS = ("classes", "palette", "mean", "std", "test", "dataset", "weights",
 
 def model_config(model, meta: dict[str, Any]) -> dict[str, Any]:
     """The `config.json` of `model` with `meta` (class names, pipeline, metrics)."""
-    from seglab import __version__
+    from seglab.version import __version__
 
     config = {"library": "seglab", "seglab_version": __version__, "model": model.model_name,
               "num_classes": int(model.num_classes), "overrides": dict(getattr(model, "model_overrides", {}))}
@@ -80,7 +80,7 @@ def model_card(config: dict[str, Any], repo_id: str | None = None) -> str:
 def save_pretrained_files(model, directory: str | Path, meta: dict[str, Any] | None = None,
                           repo_id: str | None = None) -> Path:
     """Writes `config.json`, `model.safetensors` and `README.md` of `model` into `directory` (each atomically)."""
-    from seglab.engine.checkpoint import atomic_write, save_model
+    from seglab.checkpoint import atomic_write, save_model
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

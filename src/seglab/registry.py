@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported when a model is built, not for listing names (a fast `seglab --help`)
+    import torch
     from torch import nn
 
 
@@ -106,12 +107,7 @@ def create_model(
     """
     import warnings
 
-    from seglab.engine.checkpoint import (
-        checkpoint_meta,
-        infer_num_classes,
-        load_model_weights,
-        load_state_dict,
-    )
+    from seglab.checkpoint import checkpoint_meta, load_state_dict
 
     entry = get_entry(name)  # an unknown name is the first thing to say
     kwargs: dict[str, Any] = {}
@@ -145,3 +141,103 @@ def create_model(
     if checkpoint is not None:
         load_model_weights(model, checkpoint, state=state)
     return model
+
+
+# ---------------------------------------------------------------------------------------------------- class counts
+def class_dependent_keys(model_name: str, overrides: dict[str, Any]) -> dict[str, tuple[int, int, int]]:
+    """The tensors of `create_model(model_name, **overrides)` whose shape follows `num_classes`, found by building the
+    model on the meta device with 2 and with 3 classes: key -> (dim, per_class, offset), where
+    `shape[dim] == per_class * num_classes + offset` (e.g. `decode_head.classifier.weight` -> (0, 1, 0), MaskFormer's
+    `class_embed.weight` with its "no object" row -> (0, 1, 1))."""
+    import torch
+
+    options = {k: v for k, v in overrides.items() if k != "num_classes"}
+    with torch.device("meta"):
+        two = create_model(model_name, num_classes=2, **options).state_dict()
+        three = create_model(model_name, num_classes=3, **options).state_dict()
+    found = {}
+    for key, a in two.items():
+        b = three.get(key)
+        if b is None or a.shape == b.shape or a.dim() != b.dim():
+            continue
+        dims = [d for d in range(a.dim()) if a.shape[d] != b.shape[d]]
+        if len(dims) == 1:
+            per_class = b.shape[dims[0]] - a.shape[dims[0]]
+            found[key] = (dims[0], per_class, a.shape[dims[0]] - 2 * per_class)
+    return found
+
+
+def infer_num_classes(
+    model_name: str, state: dict[str, torch.Tensor], overrides: dict[str, Any], origin: str = "state dict"
+) -> tuple[int, str] | None:
+    """The class count a plain state dict of `model_name` was trained for, read from its classifier's shape.
+
+    Returns:
+        (num_classes, note), the note naming the tensor it was read from ("num_classes 19 inferred from
+        decode_head.classifier.weight (19, 256, 1, 1)"); None when the file holds no class-dependent tensor.
+
+    Raises:
+        ValueError: naming the file and the tensors when their shapes imply different class counts.
+    """
+    counts: dict[str, int] = {}
+    for key, (dim, per_class, offset) in class_dependent_keys(model_name, overrides).items():
+        value = state.get(key)
+        if value is None or value.dim() <= dim or (value.shape[dim] - offset) % per_class:
+            continue
+        counts[key] = (value.shape[dim] - offset) // per_class
+    if not counts:
+        return None
+    if len(set(counts.values())) > 1:
+        shown = ", ".join(f"{k} {tuple(state[k].shape)} -> {n}" for k, n in counts.items())
+        raise ValueError(f"{origin}: the class-dependent tensors of {model_name} disagree on num_classes ({shown}); "
+                         f"is it a checkpoint of another model?")
+    key, count = next(iter(counts.items()))
+    return count, f"num_classes {count} inferred from {key} {tuple(state[key].shape)}"
+
+
+def _class_counts(model: nn.Module, state: dict[str, torch.Tensor], path) -> tuple[int, int] | None:
+    """(the model's num_classes, the checkpoint's) when they differ, for a model built by `create_model`."""
+    name = getattr(model, "model_name", None)
+    if name is None:
+        return None
+    overrides = getattr(model, "model_overrides", {})
+    try:
+        own = infer_num_classes(name, model.state_dict(), overrides)
+        theirs = infer_num_classes(name, state, overrides, origin=str(path))
+    except (KeyError, ValueError):
+        return None
+    if own is None or theirs is None or own[0] == theirs[0]:
+        return None
+    return own[0], theirs[0]
+
+
+def load_model_weights(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Loads a checkpoint into `model` strictly, with an error that names the file and lists what does not match.
+
+    Args:
+        model: the model (built by `create_model`: its name appears in the error).
+        path: the checkpoint file.
+        state: its tensors when already read (`load_state_dict(path)`).
+    """
+    from seglab.checkpoint import describe_mismatch, load_state_dict
+
+    state = load_state_dict(path) if state is None else state
+    own = model.state_dict()
+    problems = describe_mismatch(own, state)
+    if problems:
+        name = getattr(model, "model_name", None)
+        lines = [f"checkpoint {path} does not fit the model{f' {name}' if name else ''}:", *problems]
+        counts = _class_counts(model, state, path)
+        if counts is not None:
+            lines.append(f"  the checkpoint has num_classes={counts[1]}, the model was built with "
+                         f"num_classes={counts[0]}: build it with {counts[1]} classes (--num-classes / "
+                         f"model.num_classes), or fine-tune with --init-from to change the class count")
+        if state and all(k.startswith("backbone.") for k in state):
+            lines.append("  it holds backbone weights only: use it as the run config's `model.pretrained`")
+        elif not set(state) & set(own):
+            lines.append("  none of its keys is a seglab key: convert a checkpoint of another code base with "
+                         "`seglab convert --source official|mmseg|hf`")
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
+
+

@@ -189,8 +189,8 @@ def test_img_size_through_convert_checkpoint_and_cli(timm_vit, tmp_path):
     torch.testing.assert_close(mmseg.state_dict["backbone.pos_embed"],
                                resample_pos_embed(timm_vit["pos_embed"], (14, 14), (30, 30), "bicubic"))
 
+    from seglab.checkpoint import read_checkpoint_meta
     from seglab.cli.main import main
-    from seglab.engine.checkpoint import read_checkpoint_meta
 
     src, dst = tmp_path / "vit_t.pth", tmp_path / "vit_t_480.safetensors"
     torch.save(timm_vit, src)

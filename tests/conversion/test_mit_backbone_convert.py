@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from seglab import create_model
+from seglab.checkpoint import read_checkpoint_meta, save_weights
 from seglab.convert import convert_checkpoint
-from seglab.engine.checkpoint import read_checkpoint_meta, save_weights
 
 OFFICIAL_EPS = {"norm_eps": 1e-6, "patch_norm_eps": 1e-5, "sr_norm_eps": 1e-5}
 MMSEG_EPS = {"norm_eps": 1e-6, "patch_norm_eps": 1e-6, "sr_norm_eps": 1e-6}
@@ -256,7 +256,7 @@ def test_image_classifier_with_other_source_name_is_refused():
 
 @torch.no_grad()
 def test_load_backbone_weights_from_converted_file(tmp_path, image):
-    from seglab.engine.run import load_backbone_weights
+    from seglab.checkpoint import load_backbone_weights
 
     source = _source_model(OFFICIAL_EPS, seed=4)
     result = convert_checkpoint(to_official(source.backbone.state_dict()), "official", "segformer_b0")
@@ -275,7 +275,7 @@ def test_load_backbone_weights_from_converted_file(tmp_path, image):
 
 
 def test_load_backbone_weights_refuses_what_does_not_fit(tmp_path):
-    from seglab.engine.run import load_backbone_weights
+    from seglab.checkpoint import load_backbone_weights
 
     model = create_model("segformer_b0", num_classes=7)
     raw = tmp_path / "mit_b0.pth"  # not converted: official key names
@@ -292,8 +292,8 @@ def test_load_backbone_weights_refuses_what_does_not_fit(tmp_path):
 
 
 def test_cli_convert_writes_a_pretrained_file(tmp_path, capsys):
+    from seglab.checkpoint import load_backbone_weights
     from seglab.cli.main import main
-    from seglab.engine.run import load_backbone_weights
 
     source = _source_model(OFFICIAL_EPS, seed=6)
     src, dst = tmp_path / "mit_b0.pth", tmp_path / "pretrained" / "mit_b0.safetensors"

@@ -412,8 +412,8 @@ def test_other_model_names_are_refused():
 
 
 def test_cli_convert_writes_a_loadable_checkpoint(tmp_path, capsys, image):
+    from seglab.checkpoint import read_checkpoint_meta
     from seglab.cli.main import main
-    from seglab.engine.checkpoint import read_checkpoint_meta
 
     source = create_model("segnext_b", num_classes=3)
     src, dst = tmp_path / "segnext_b_mmseg.pth", tmp_path / "segnext_b.safetensors"

@@ -19,9 +19,8 @@ from testkit import compare
 from torch import nn
 
 from seglab import create_model
+from seglab.checkpoint import load_backbone_weights, save_weights
 from seglab.convert import CONVERTERS, convert_checkpoint
-from seglab.engine.checkpoint import save_weights
-from seglab.engine.run import load_backbone_weights
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")

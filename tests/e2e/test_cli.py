@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 import seglab
+from seglab.checkpoint import read_checkpoint_meta, save_model
 from seglab.cli.main import main
-from seglab.engine.checkpoint import read_checkpoint_meta, save_model
 
 
 @pytest.fixture(scope="module")

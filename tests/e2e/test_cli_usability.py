@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 import seglab
+from seglab.checkpoint import save_model
 from seglab.cli.main import main
-from seglab.engine.checkpoint import save_model
 
 PALETTE = [[10, 20, 30], [200, 40, 40], [40, 200, 40]]
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from seglab.checkpoint import load_state_dict, read_checkpoint_meta
 from seglab.cli.main import main
-from seglab.engine.checkpoint import load_state_dict, read_checkpoint_meta
 from seglab.instance import build_bpr, save_bpr
 
 AP_KEYS = [f"{t}_{n}" for t in ("segm", "bbox", "boundary") for n in ("AP", "AP50", "AP75", "APs", "APm", "APl")]

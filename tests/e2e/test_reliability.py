@@ -14,12 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 import seglab
-import seglab.engine.checkpoint as checkpoint_module
+import seglab.checkpoint as checkpoint_module
 import seglab.engine.trainer as trainer_module
+from seglab.checkpoint import save_model
 from seglab.cli.main import main, run_training
 from seglab.config import load_config
 from seglab.data.synthetic import generate_shapes
-from seglab.engine.checkpoint import save_model
 from seglab.engine.trainer import CheckpointWriteError, NonFiniteLossError
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from seglab.checkpoint import read_checkpoint_meta
 from seglab.cli.main import run_training
 from seglab.config import load_config
 from seglab.data.synthetic import generate_shapes
-from seglab.engine.checkpoint import read_checkpoint_meta
 from seglab.engine.run import build_model, build_split, evaluate
 from seglab.engine.trainer import ModelEma, scale_lr
 

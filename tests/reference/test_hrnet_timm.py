@@ -77,8 +77,7 @@ def test_timm_classifier_as_pretrained_backbone(tmp_path) -> None:
     converted to backbone-only weights of `fcn_hrnetv2_w18s_v1`, written as `seglab convert` writes them and loaded
     by the run's loader into the model built with the result's overrides; the backbone reproduces timm's features.
     `seglab convert --source official` takes the file (HRNet-Image-Classification's layout, which timm keeps)."""
-    from seglab.engine.checkpoint import save_weights
-    from seglab.engine.run import load_backbone_weights
+    from seglab.checkpoint import load_backbone_weights, save_weights
 
     generator = torch.Generator().manual_seed(2)
     classifier = timm.create_model("hrnet_w18_small", pretrained=False)

@@ -13,9 +13,8 @@ import torch
 from testkit import compare, randomize_
 
 from seglab import create_model
+from seglab.checkpoint import load_backbone_weights, save_weights
 from seglab.convert import convert_checkpoint
-from seglab.engine.checkpoint import save_weights
-from seglab.engine.run import load_backbone_weights
 
 torchvision = pytest.importorskip("torchvision")
 

@@ -26,7 +26,7 @@ from official.segvit.vit_shrink import vit_shrink
 from testkit import compare, normal_, randomize_
 
 from seglab import create_model
-from seglab.convert.common import unwrap_state_dict
+from seglab.checkpoint import unwrap_state_dict
 from seglab.convert.segvit import convert_segvit_official
 
 pytestmark = pytest.mark.reference

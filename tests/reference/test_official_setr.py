@@ -26,7 +26,7 @@ from official.setr.vit_up_head import VisionTransformerUpHead
 from testkit import compare, randomize_
 
 from seglab import create_model
-from seglab.convert.common import unwrap_state_dict
+from seglab.checkpoint import unwrap_state_dict
 from seglab.convert.setr import convert_setr_official
 from seglab.inference import whole_inference
 

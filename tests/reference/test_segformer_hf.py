@@ -14,9 +14,8 @@ from testkit import compare, randomize_
 from torch import nn
 
 from seglab import create_model
+from seglab.checkpoint import load_backbone_weights, save_weights
 from seglab.convert import convert_checkpoint
-from seglab.engine.checkpoint import save_weights
-from seglab.engine.run import load_backbone_weights
 
 transformers = pytest.importorskip("transformers")
 

@@ -167,9 +167,8 @@ def test_imagenet_classifier_converts_to_upernet_pretrained_backbone(tmp_path):
     at the end of each stage): backbone-only weights, output norms at LayerNorm's initialisation, loaded by the run's
     loader; the backbone gives timm's stage features, layer-normed. 224x224: stage maps 56, 28, 14, 7 (no window
     is clamped differently by timm and seglab)."""
+    from seglab.checkpoint import load_backbone_weights, save_weights
     from seglab.convert import convert_checkpoint
-    from seglab.engine.checkpoint import save_weights
-    from seglab.engine.run import load_backbone_weights
     from seglab.registry import create_model
 
     classifier = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()

@@ -325,9 +325,8 @@ def test_imagenet_vit_converts_to_pretrained_backbone(timm_name, model_name, fil
     from timm.layers import resample_abs_pos_embed
 
     from seglab import create_model
+    from seglab.checkpoint import load_backbone_weights, save_weights
     from seglab.convert import convert_checkpoint
-    from seglab.engine.checkpoint import save_weights
-    from seglab.engine.run import load_backbone_weights
 
     source = _timm_model(timm_name, seed=11)
     if file_format == "pth":

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from seglab.checkpoint import save_weights
 from seglab.data.coco_instances import CocoInstances, generate_shapes_instances
-from seglab.engine.checkpoint import save_weights
 from seglab.instance import build_bpr, build_patch_set, compare_before_after, load_bpr, refine_dataset, train_bpr
 from seglab.instance.bpr_train import WEIGHTS_NAME, poly_lr
 

@@ -26,10 +26,10 @@ from hubserver import FakeHub
 import seglab
 from seglab import registry
 from seglab.convert import CONVERTERS, convert_checkpoint
-from seglab.engine.checkpoint import CheckpointNote
 from seglab.hub import table as table_module
 from seglab.hub.download import WeightsDownloadError, cached_path, placed_path
 from seglab.hub.table import BACKBONE_DATASETS, find_weights, load_table
+from seglab.registry import CheckpointNote
 
 transformers = pytest.importorskip("transformers")
 

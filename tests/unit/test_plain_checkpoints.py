@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 import seglab
 from seglab.cli.main import main
-from seglab.engine.checkpoint import CheckpointNote, class_dependent_keys, infer_num_classes
+from seglab.registry import CheckpointNote, class_dependent_keys, infer_num_classes
 
 NOTE = "num_classes 7 inferred from decode_head.classifier.weight (7, 256, 1, 1)"
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import seglab
-from seglab.engine.checkpoint import save_model
+from seglab.checkpoint import save_model
 from seglab.models.segformer import SEGFORMER_VARIANTS
 from seglab.registry import get_entry, resolve_options
 
@@ -128,7 +128,7 @@ def test_checkpoint_metadata_rebuilds_the_model_and_explicit_arguments_win(tmp_p
 
 
 def test_torch_pickle_checkpoints_are_not_executed(tmp_path):
-    from seglab.engine.checkpoint import load_state_dict
+    from seglab.checkpoint import load_state_dict
 
     class Evil:
         def __reduce__(self):

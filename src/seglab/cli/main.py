@@ -69,7 +69,7 @@ def _resume_config(config, args):
 
 
 def _class_info(dataset, num_classes: int) -> tuple[list[str], list]:
-    from seglab.tools.visualize import make_palette
+    from seglab.palette import make_palette
 
     classes = list(getattr(dataset, "classes", None) or [str(i) for i in range(num_classes)])
     palette = getattr(dataset, "palette", None)
@@ -314,9 +314,9 @@ def _skipped_summary(others: list[Path], unreadable: list[tuple[Path, str]]) -> 
 def _prediction_classes(config, from_config: bool, checkpoint: str | None, num_classes: int):
     """(class names, palette) for label PNGs and overlays: the run config's dataset (names and colours, also from
     its dataset.yaml), else the checkpoint's metadata (written by seglab train), else numbered classes."""
+    from seglab.checkpoint import checkpoint_meta
     from seglab.data.datasets import dataset_classes
-    from seglab.engine.checkpoint import checkpoint_meta
-    from seglab.tools.visualize import make_palette
+    from seglab.palette import make_palette
 
     found = None
     if from_config:
@@ -636,7 +636,7 @@ def cmd_push(args) -> int:
 
     model = create_pretrained(args.model, checkpoint=args.checkpoint) if args.model else None
     if model is None:
-        from seglab.engine.checkpoint import read_checkpoint_meta
+        from seglab.checkpoint import read_checkpoint_meta
 
         name = read_checkpoint_meta(args.checkpoint).model
         model = create_pretrained(name, checkpoint=args.checkpoint)
@@ -697,7 +697,7 @@ def _check_fits(result, model_name: str) -> None:
     """Fails, naming the tensors, when the converted weights no longer fit the model built with the overrides."""
     import torch
 
-    from seglab.engine.checkpoint import describe_mismatch
+    from seglab.checkpoint import describe_mismatch
     from seglab.registry import create_model
 
     with torch.device("meta"):
@@ -712,8 +712,8 @@ def _check_fits(result, model_name: str) -> None:
 
 
 def cmd_convert(args) -> int:
+    from seglab.checkpoint import save_weights
     from seglab.convert import convert_checkpoint
-    from seglab.engine.checkpoint import save_weights
 
     result = convert_checkpoint(args.src, args.source, args.model, img_size=args.img_size)
     if args.set:

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from seglab.checkpoint import torch_load_weights, unwrap_state_dict
+
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 
@@ -178,24 +180,6 @@ def permute_concat_blocks(weight: torch.Tensor, order: list[int], dim: int = 1) 
     return torch.cat([blocks[i] for i in order], dim=dim)
 
 
-def unwrap_state_dict(obj: Any, origin: str) -> dict[str, torch.Tensor]:
-    """The tensors of a loaded checkpoint: unwraps `state_dict` / `model` wrappers and a DataParallel prefix."""
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{origin}: expected a state dict (mapping of names to tensors), got {type(obj).__name__}")
-    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise ValueError(f"{origin}: entries that are not tensors: {', '.join(map(repr, not_tensors[:10]))}; "
-                         f"pass the model's state dict")
-    state = dict(obj)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
 def read_npz(path: Path) -> dict[str, torch.Tensor]:
     """The arrays of a `.npz` file (a JAX / AugReg ViT checkpoint: flat names such as `embedding/kernel`) as tensors
     under the same names, read with `numpy.load(allow_pickle=False)`.
@@ -239,21 +223,6 @@ class _ArrayUnpickler(pickle.Unpickler):
         if (module, name) not in _PKL_GLOBALS:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays are allowed)")
         return super().find_class(module, name)
-
-
-def numpy_safe_globals() -> list:
-    """numpy's scalar and dtype constructors: training checkpoints keep numpy scalars in their metadata (mmengine's
-    `hook_msgs`, best scores); allowing these to `torch.load(weights_only=True)` builds data, never runs code."""
-    core = getattr(np, "_core", None) or np.core
-    found = [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype]
-    found += [type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "uint8", "bool")]
-    return found
-
-
-def torch_load_weights(path: str | Path):
-    """`torch.load(path, weights_only=True)`, with numpy scalars and arrays allowed (see `numpy_safe_globals`)."""
-    with torch.serialization.safe_globals(numpy_safe_globals()):
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_pkl(path: Path) -> dict[str, torch.Tensor]:

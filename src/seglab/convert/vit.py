@@ -50,14 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seglab.convert.common import (
-    ConversionResult,
-    RenameRule,
-    SourceKeys,
-    TargetDict,
-    apply_rename_table,
-    finalize,
-)
+from seglab.convert.common import ConversionResult, RenameRule, SourceKeys, TargetDict, apply_rename_table, finalize
 
 _PARAM = r"(weight|bias)"
 _BLOCK_PARTS = r"(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"

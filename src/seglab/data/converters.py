@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from seglab.checkpoint import atomic_write
 from seglab.data.datasets import DatasetError, read_mask, read_split_file
-from seglab.engine.checkpoint import atomic_write
 
 # (name, label id, train id) of every Cityscapes label, from cityscapesScripts `helpers/labels.py`;
 # train id 255 is ignored in training and evaluation.

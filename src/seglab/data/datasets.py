@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from seglab.data import classes as known
-from seglab.tools.visualize import make_palette
+from seglab.palette import make_palette
 
 _META_FILES = ("dataset.yaml", "dataset.yml", "dataset.json")
 _META_KEYS = ("classes", "palette", "name", "source")

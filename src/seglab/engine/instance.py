@@ -38,14 +38,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from seglab.checkpoint import atomic_write, read_checkpoint_meta, save_model
 from seglab.config import ConfigError, RunConfig, ScheduleConfig, dump_config
 from seglab.data.coco_instances import CocoInstances, collate_instances, generate_shapes_instances, hflip_instances
-from seglab.engine.checkpoint import (
-    atomic_write,
-    load_model_weights,
-    read_checkpoint_meta,
-    save_model,
-)
 from seglab.engine.optim import build_optimizer, scheduled_lr
 from seglab.engine.trainer import (
     NonFiniteLossError,
@@ -61,6 +56,7 @@ from seglab.engine.trainer import (
     supersede_log_records,
 )
 from seglab.instance.mask_rcnn import MASK_RCNN_VARIANTS, build_mask_rcnn, evaluate_instances
+from seglab.registry import load_model_weights
 
 INSTANCE_DATASETS = ("coco_instances", "shapes_instances")
 _DEFAULT_PATHS = {"ann_file": "annotations/instances_{split}.json", "img_dir": "images/{split}"}

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from seglab.checkpoint import load_backbone_weights
 from seglab.config import RunConfig
 from seglab.data.datasets import build_dataset
 from seglab.data.transforms import TestTransform, TrainTransform
-from seglab.engine.checkpoint import load_backbone_weights  # noqa: F401  (re-exported: engine.run.load_backbone_weights)
 from seglab.inference import predict
 from seglab.metrics import ConfusionMatrix
 from seglab.registry import create_model

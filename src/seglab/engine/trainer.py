@@ -45,8 +45,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from seglab.checkpoint import atomic_write, load_state_dict, save_model
 from seglab.config import RunConfig, ScheduleConfig, dump_config, test_pipeline
-from seglab.engine.checkpoint import atomic_write, load_model_weights, load_state_dict, save_model
 from seglab.engine.distributed import (
     all_reduce_mean,
     barrier,
@@ -57,6 +57,7 @@ from seglab.engine.distributed import (
 )
 from seglab.engine.optim import build_optimizer, scheduled_lr, set_lr
 from seglab.losses import segmentation_loss
+from seglab.registry import load_model_weights
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seglab.engine.checkpoint import atomic_write
+from seglab.checkpoint import atomic_write
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seglab.backbones.vit import Block
 from seglab.layers import drop_path_rates
 from seglab.layers.init import init_weights
+from seglab.layers.transformer import Block
 
 
 class MaskTransformerHead(nn.Module):

@@ -174,7 +174,7 @@ def _remove(*paths: Path) -> None:
             pass
 
 
-def _hub_cache_dir() -> str | None:
+def hub_cache_dir() -> str | None:
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
     if os.environ.get("HF_HOME"):
@@ -216,7 +216,7 @@ def _fetch_hub(entry: WeightsEntry, target: Path, progress: bool) -> tuple[Path,
     hub, offline = entry.hub, is_offline()
     endpoint = os.environ.get("HF_ENDPOINT") or None
     try:
-        path = Path(hf_hub_download(hub.repo, hub.file, revision=hub.revision, cache_dir=_hub_cache_dir(),
+        path = Path(hf_hub_download(hub.repo, hub.file, revision=hub.revision, cache_dir=hub_cache_dir(),
                                     endpoint=endpoint, local_files_only=offline, token=os.environ.get("HF_TOKEN")))
     except LocalEntryNotFoundError as exc:
         state = "offline (HF_HUB_OFFLINE / SEGLAB_OFFLINE)" if offline else f"cannot reach {endpoint or 'the Hub'}"

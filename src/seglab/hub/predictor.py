@@ -109,7 +109,7 @@ class Predictor:
         if self.mode == "slide" and not (self.crop_size and self.stride):
             raise ValueError("slide inference needs crop_size and stride")
         self.flip, self.scales = flip, tuple(scales)
-        from seglab.tools.visualize import make_palette
+        from seglab.palette import make_palette
 
         num_classes = model.num_classes
         classes = meta.get("classes")

@@ -15,17 +15,10 @@ from typing import Any
 from torch import nn
 
 from seglab import registry
-from seglab.engine.checkpoint import (
-    CheckpointNote,
-    checkpoint_meta,
-    class_dependent_keys,
-    describe_mismatch,
-    load_backbone_weights,
-    load_state_dict,
-    save_weights,
-)
+from seglab.checkpoint import checkpoint_meta, describe_mismatch, load_backbone_weights, load_state_dict, save_weights
 from seglab.hub.download import cached_path, fetch_source, is_cached, lock
 from seglab.hub.table import WeightsEntry, find_weights
+from seglab.registry import CheckpointNote, class_dependent_keys
 
 
 def dataset_meta(entry: WeightsEntry) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from seglab import registry
-from seglab.engine.checkpoint import checkpoint_meta
+from seglab.checkpoint import checkpoint_meta
 from seglab.pretrained_files import CONFIG_NAME, WEIGHTS_NAME
 
 
@@ -34,9 +34,9 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
 def _download(repo_id: str, filename: str, revision: str | None) -> Path:
     from huggingface_hub import hf_hub_download
 
-    from seglab.hub.download import _hub_cache_dir, is_offline
+    from seglab.hub.download import hub_cache_dir, is_offline
 
-    return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=_hub_cache_dir(),
+    return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=hub_cache_dir(),
                                 endpoint=os.environ.get("HF_ENDPOINT") or None, local_files_only=is_offline(),
                                 token=os.environ.get("HF_TOKEN")))
 

@@ -26,12 +26,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import torch
 
-from seglab.engine.checkpoint import (
-    atomic_write,
-    load_model_weights,
-    read_checkpoint_meta,
-    save_weights,
-)
+from seglab.checkpoint import atomic_write, read_checkpoint_meta, save_weights
 from seglab.instance.bpr import (
     BPR_VARIANTS,
     NMS_IOU_DATASET,
@@ -48,6 +43,7 @@ from seglab.instance.bpr import (
     train_step,
 )
 from seglab.metrics_instance import boundary_iou, coco_evaluate
+from seglab.registry import load_model_weights
 
 # official schedule (mmseg 0.x schedule_160k + BPR data config); see the module docstring
 BPR_LR = 0.01

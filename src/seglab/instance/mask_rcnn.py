@@ -174,7 +174,7 @@ def build_mask_rcnn(name: str = "mask_rcnn_r50_fpn", num_classes: int = 91, **ov
         num_classes: classes including the background (91 for COCO, 9 for the 8 Cityscapes instance classes).
         **overrides: `MaskRCNNOptions` fields.
 
-    The model carries `model_name`, `num_classes` and `model_overrides`, so `seglab.engine.checkpoint.save_model`
+    The model carries `model_name`, `num_classes` and `model_overrides`, so `seglab.checkpoint.save_model`
     records how to rebuild it.
     """
     if name not in MASK_RCNN_VARIANTS:

@@ -1,4 +1,5 @@
-"""seglab checkpoints: safetensors weights whose metadata names the model, and atomic writes.
+"""seglab checkpoint files (ground floor: imports nothing of seglab): safetensors weights whose metadata names the
+model, atomic writes, and reading foreign torch files without running pickled code.
 
 A model checkpoint (`*.safetensors`) holds the model's state dict; its metadata records `seglab_model`,
 `num_classes` and the constructor `overrides` (JSON), so `create_model(name, checkpoint=path)` rebuilds the
@@ -9,7 +10,7 @@ same network. Trainer state (optimizer, scheduler, RNG, iteration) lives beside 
 A plain state dict of a seglab model (seglab's own key names, no metadata: a `.safetensors` without seglab metadata,
 or a `.pth` / `.pt` / `.bin` / `.ckpt` read with `torch.load(weights_only=True)`, `state_dict` / `model` wrappers
 unwrapped) loads too: `create_model` builds the model with its default options and, unless the caller gives
-`num_classes`, the class count read from the file (`infer_num_classes`), reported with a `CheckpointNote`.
+`num_classes`, the class count read from the file (`seglab.registry.infer_num_classes`).
 """
 
 from __future__ import annotations
@@ -17,20 +18,21 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from seglab.registry import CheckpointNote  # noqa: F401  (defined there, torch-free, for the CLI)
-
 
 @dataclass
+
+
 class CheckpointMeta:
     """What a seglab checkpoint says about the model it holds."""
 
@@ -136,11 +138,42 @@ def _meta_from(metadata: dict[str, str]) -> CheckpointMeta:
     )
 
 
+def numpy_safe_globals() -> list:
+    """numpy's scalar and dtype constructors: training checkpoints keep numpy scalars in their metadata (mmengine's
+    `hook_msgs`, best scores); allowing these to `torch.load(weights_only=True)` builds data, never runs code."""
+    core = getattr(np, "_core", None) or np.core
+    found = [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype]
+    found += [type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "uint8", "bool")]
+    return found
+
+
+def torch_load_weights(path: str | Path):
+    """`torch.load(path, weights_only=True)`, with numpy scalars and arrays allowed (see `numpy_safe_globals`)."""
+    with torch.serialization.safe_globals(numpy_safe_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def unwrap_state_dict(obj: Any, origin: str) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded checkpoint: unwraps `state_dict` / `model` wrappers and a DataParallel prefix."""
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{origin}: expected a state dict (mapping of names to tensors), got {type(obj).__name__}")
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f"{origin}: entries that are not tensors: {', '.join(map(repr, not_tensors[:10]))}; "
+                         f"pass the model's state dict")
+    state = dict(obj)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Loads tensors from a safetensors file, or from a torch file with `weights_only=True` (no pickle code); a torch
     file's `state_dict` / `model` wrapper and DataParallel `module.` prefix are removed."""
-    from seglab.convert.common import unwrap_state_dict
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -149,61 +182,10 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load_weights(path)
     except Exception as exc:
         raise ValueError(f"cannot read {path} with torch.load(weights_only=True): {exc}") from exc
     return unwrap_state_dict(obj, str(path))
-
-
-def class_dependent_keys(model_name: str, overrides: dict[str, Any]) -> dict[str, tuple[int, int, int]]:
-    """The tensors of `create_model(model_name, **overrides)` whose shape follows `num_classes`, found by building the
-    model on the meta device with 2 and with 3 classes: key -> (dim, per_class, offset), where
-    `shape[dim] == per_class * num_classes + offset` (e.g. `decode_head.classifier.weight` -> (0, 1, 0), MaskFormer's
-    `class_embed.weight` with its "no object" row -> (0, 1, 1))."""
-    from seglab.registry import create_model
-
-    options = {k: v for k, v in overrides.items() if k != "num_classes"}
-    with torch.device("meta"):
-        two = create_model(model_name, num_classes=2, **options).state_dict()
-        three = create_model(model_name, num_classes=3, **options).state_dict()
-    found = {}
-    for key, a in two.items():
-        b = three.get(key)
-        if b is None or a.shape == b.shape or a.dim() != b.dim():
-            continue
-        dims = [d for d in range(a.dim()) if a.shape[d] != b.shape[d]]
-        if len(dims) == 1:
-            per_class = b.shape[dims[0]] - a.shape[dims[0]]
-            found[key] = (dims[0], per_class, a.shape[dims[0]] - 2 * per_class)
-    return found
-
-
-def infer_num_classes(
-    model_name: str, state: dict[str, torch.Tensor], overrides: dict[str, Any], origin: str = "state dict"
-) -> tuple[int, str] | None:
-    """The class count a plain state dict of `model_name` was trained for, read from its classifier's shape.
-
-    Returns:
-        (num_classes, note), the note naming the tensor it was read from ("num_classes 19 inferred from
-        decode_head.classifier.weight (19, 256, 1, 1)"); None when the file holds no class-dependent tensor.
-
-    Raises:
-        ValueError: naming the file and the tensors when their shapes imply different class counts.
-    """
-    counts: dict[str, int] = {}
-    for key, (dim, per_class, offset) in class_dependent_keys(model_name, overrides).items():
-        value = state.get(key)
-        if value is None or value.dim() <= dim or (value.shape[dim] - offset) % per_class:
-            continue
-        counts[key] = (value.shape[dim] - offset) // per_class
-    if not counts:
-        return None
-    if len(set(counts.values())) > 1:
-        shown = ", ".join(f"{k} {tuple(state[k].shape)} -> {n}" for k, n in counts.items())
-        raise ValueError(f"{origin}: the class-dependent tensors of {model_name} disagree on num_classes ({shown}); "
-                         f"is it a checkpoint of another model?")
-    key, count = next(iter(counts.items()))
-    return count, f"num_classes {count} inferred from {key} {tuple(state[key].shape)}"
 
 
 def describe_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
@@ -220,50 +202,6 @@ def describe_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tenso
     if unexpected:
         lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:10])}")
     return lines
-
-
-def _class_counts(model: nn.Module, state: dict[str, torch.Tensor], path) -> tuple[int, int] | None:
-    """(the model's num_classes, the checkpoint's) when they differ, for a model built by `create_model`."""
-    name = getattr(model, "model_name", None)
-    if name is None:
-        return None
-    overrides = getattr(model, "model_overrides", {})
-    try:
-        own = infer_num_classes(name, model.state_dict(), overrides)
-        theirs = infer_num_classes(name, state, overrides, origin=str(path))
-    except (KeyError, ValueError):
-        return None
-    if own is None or theirs is None or own[0] == theirs[0]:
-        return None
-    return own[0], theirs[0]
-
-
-def load_model_weights(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
-    """Loads a checkpoint into `model` strictly, with an error that names the file and lists what does not match.
-
-    Args:
-        model: the model (built by `create_model`: its name appears in the error).
-        path: the checkpoint file.
-        state: its tensors when already read (`load_state_dict(path)`).
-    """
-    state = load_state_dict(path) if state is None else state
-    own = model.state_dict()
-    problems = describe_mismatch(own, state)
-    if problems:
-        name = getattr(model, "model_name", None)
-        lines = [f"checkpoint {path} does not fit the model{f' {name}' if name else ''}:", *problems]
-        counts = _class_counts(model, state, path)
-        if counts is not None:
-            lines.append(f"  the checkpoint has num_classes={counts[1]}, the model was built with "
-                         f"num_classes={counts[0]}: build it with {counts[1]} classes (--num-classes / "
-                         f"model.num_classes), or fine-tune with --init-from to change the class count")
-        if state and all(k.startswith("backbone.") for k in state):
-            lines.append("  it holds backbone weights only: use it as the run config's `model.pretrained`")
-        elif not set(state) & set(own):
-            lines.append("  none of its keys is a seglab key: convert a checkpoint of another code base with "
-                         "`seglab convert --source official|mmseg|hf`")
-        raise ValueError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
