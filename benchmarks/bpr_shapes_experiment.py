@@ -48,8 +48,10 @@ import torch
 import torch.nn.functional as F
 
 from seglab.checkpoint import read_checkpoint_meta, save_model
-from seglab.data.coco_instances import CocoInstances, RandomHorizontalFlip, generate_shapes_instances
-from seglab.instance.bpr_train import compare_before_after, refine_dataset, train_bpr
+from seglab.data.coco_instances import CocoInstances, RandomHorizontalFlip
+from seglab.data.synthetic_instances import generate_shapes_instances
+from seglab.engine.refine import train_bpr
+from seglab.instance.bpr_dataset import compare_before_after, refine_dataset
 from seglab.metrics_instance import masks_to_predictions
 from seglab.registry import load_model_weights
 

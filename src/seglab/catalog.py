@@ -19,7 +19,7 @@ CATALOG_PATH = Path(__file__).with_name("catalog.json")
 
 
 def load_catalog() -> list[dict[str, Any]]:
-    """Rows `{name, description, params, published_params_m}`, sorted by name."""
+    """Rows `{name, task, description, params, published_params_m}`, sorted by name."""
     return json.loads(CATALOG_PATH.read_text())["models"]
 
 
@@ -45,7 +45,7 @@ def catalog_from_registry() -> list[dict[str, Any]]:
         with torch.device("meta"):
             model = create_model(name)
         entry = get_entry(name)
-        rows.append({"name": name, "description": entry.description,
+        rows.append({"name": name, "task": entry.task, "description": entry.description,
                      "params": sum(p.numel() for p in model.parameters()),
                      "published_params_m": entry.published_params_m})
     return rows
@@ -62,14 +62,17 @@ def format_model_table(rows: Sequence[dict[str, Any]], size: int | Sequence[int]
     have them, else each model's description."""
     height, width = (size, size) if isinstance(size, int) else size
     with_flops = any(row.get("gflops") is not None for row in rows)
-    header = f"{'model':<24} {'params (M)':>10} {'paper (M)':>10}"
+    header = f"{'model':<24} {'task':<9} {'params (M)':>10} {'paper (M)':>10}"
     header += f" {f'GFLOPs @{height}x{width}':>18}" if with_flops else "  description"
     lines = [header, "-" * len(header)]
     for row in rows:
         params_m = row["params_m"] if "params_m" in row else row["params"] / 1e6
         published = f"{row['published_params_m']:.1f}" if row["published_params_m"] is not None else "-"
-        line = f"{row['name']:<24} {params_m:>10.2f} {published:>10}"
-        line += f" {row['gflops']:>18.2f}" if with_flops else f"  {row['description']}"
+        line = f"{row['name']:<24} {row.get('task', 'semantic'):<9} {params_m:>10.2f} {published:>10}"
+        if with_flops:
+            line += f" {row['gflops']:>18.2f}" if row.get("gflops") is not None else f" {'-':>18}"
+        else:
+            line += f"  {row['description']}"
         lines.append(line)
     if with_flops:
         lines.append("GFLOPs = 1e9 multiply-adds (the papers' convention), attention included")

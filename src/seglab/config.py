@@ -30,7 +30,8 @@ class ModelConfig:
     # backbone weights: a tag of `seglab weights NAME` (`imagenet`, `imagenet22k`: downloaded and converted on first
     # use) or a file (e.g. an ImageNet MiT converted with `seglab convert`)
     pretrained: str | None = None
-    init: str | None = None  # whole-model published weights by tag (`ade20k-512`); another num_classes refits the classifier
+    # whole-model published weights by tag (`ade20k-512`); another num_classes refits the classifier
+    init: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # constructor options (see `seglab info NAME`)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,37 +16,46 @@ if TYPE_CHECKING:  # torch is imported when a model is built, not for listing na
     import torch
     from torch import nn
 
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One registered model."""
-
-    name: str
-    build: Callable[[Any], nn.Module]
-    options: type
-    published_params_m: float | None = None  # the paper's parameter count, in millions, at default options
-    description: str = ""
+    from seglab.models.spec import ModelSpec
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
+_REGISTRY: dict[str, ModelSpec] = {}
+_LOADED = False
 
 
 def register_model(
-    name: str, build: Callable[[Any], nn.Module], options: type, published_params_m: float | None = None,
-    description: str = "",
-) -> ModelEntry:
-    """Registers `build(options) -> nn.Module` under `name`; `options` is a dataclass type."""
-    if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is already registered")
-    if not dataclasses.is_dataclass(options):
-        raise TypeError(f"options for {name!r} must be a dataclass type, got {options!r}")
-    entry = ModelEntry(name, build, options, published_params_m, description)
-    _REGISTRY[name] = entry
-    return entry
+    name: str, build: Callable[..., nn.Module], options: type, published_params_m: float | None = None,
+    description: str = "", variant: Any = None, task: str = "semantic",
+) -> ModelSpec:
+    """Registers a model defined outside seglab: `build(options)` (or `build(variant, options)`) -> `nn.Module`;
+    `options` is a dataclass type. seglab's own models are the `ModelSpec` rows of `seglab.models.ALL_MODELS`."""
+    from seglab.models.spec import TASKS, ModelSpec
+
+    _ensure_loaded()
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    spec = ModelSpec(name, build, options, variant, published_params_m, description, task)
+    _add(spec)
+    return spec
+
+
+def _add(spec: ModelSpec) -> None:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    if not dataclasses.is_dataclass(spec.options):
+        raise TypeError(f"options for {spec.name!r} must be a dataclass type, got {spec.options!r}")
+    _REGISTRY[spec.name] = spec
 
 
 def _ensure_loaded() -> None:
-    import seglab.models  # noqa: F401  (importing registers every family)
+    """Reads the model table (`seglab.models.ALL_MODELS`) once; torch is imported here, not for listing names."""
+    global _LOADED
+    if not _LOADED:
+        from seglab.models import ALL_MODELS
+
+        _LOADED = True
+        for spec in ALL_MODELS:
+            _add(spec)
 
 
 class CheckpointNote(UserWarning):
@@ -61,7 +69,7 @@ class UnknownModelError(KeyError):
         return str(self.args[0])
 
 
-def get_entry(name: str) -> ModelEntry:
+def get_entry(name: str) -> ModelSpec:
     _ensure_loaded()
     if name not in _REGISTRY:
         import difflib
@@ -72,12 +80,13 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style pattern, sorted."""
+def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
+    """Registered model names matching a shell-style pattern (and `task`: semantic / instance / refine), sorted."""
     import fnmatch
 
     _ensure_loaded()
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n, spec in _REGISTRY.items()
+                  if fnmatch.fnmatch(n, pattern) and (task is None or spec.task == task))
 
 
 def resolve_options(name: str, overrides: dict[str, Any]):
@@ -135,7 +144,7 @@ def create_model(
                 kwargs["num_classes"] = inferred[0]
                 warnings.warn(f"{checkpoint}: {inferred[1]} (a plain state dict without seglab metadata)",
                               CheckpointNote, stacklevel=2)
-    model = entry.build(resolve_options(name, kwargs))
+    model = entry.make(resolve_options(name, kwargs))
     model.model_name = name
     model.model_overrides = {k: v for k, v in kwargs.items() if k != "num_classes"}
     if checkpoint is not None:

@@ -148,7 +148,7 @@ def test_refine_matches_the_official_pipeline(networks):
 def test_cli_converts_an_official_checkpoint_for_refine(networks, tmp_path, capsys):
     """`seglab convert --source official --model bpr_hrnet18s` writes a `load_bpr` checkpoint of the same network."""
     from seglab.cli.main import main
-    from seglab.instance.bpr_train import load_bpr
+    from seglab.instance.bpr_dataset import load_bpr
 
     reference, ours = networks
     src, dst = tmp_path / "bpr_official.pth", tmp_path / "bpr.safetensors"

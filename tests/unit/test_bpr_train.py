@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from seglab.checkpoint import save_weights
-from seglab.data.coco_instances import CocoInstances, generate_shapes_instances
-from seglab.instance import build_bpr, build_patch_set, compare_before_after, load_bpr, refine_dataset, train_bpr
-from seglab.instance.bpr_train import WEIGHTS_NAME, poly_lr
+from seglab.data.coco_instances import CocoInstances
+from seglab.data.synthetic_instances import generate_shapes_instances
+from seglab.engine.refine import poly_lr, train_bpr
+from seglab.instance import build_bpr, build_patch_set, compare_before_after, load_bpr, refine_dataset
+from seglab.instance.bpr_dataset import WEIGHTS_NAME
 
 
 def _coarse(masks: torch.Tensor, grid: int = 8) -> torch.Tensor:
@@ -72,6 +74,9 @@ def test_checkpoint_round_trip_is_exact(trained):
     model, _, work_dir = trained
     path = work_dir / WEIGHTS_NAME
     assert path.is_file() and json.loads((work_dir / "train_log.json").read_text())["iters"] == 12
+    # the run loop's checkpoint of the last step is a BPR checkpoint too
+    torch.testing.assert_close(load_bpr(work_dir / "iter_12.safetensors").state_dict(), model.state_dict(), rtol=0,
+                               atol=0)
     loaded = load_bpr(path, "bpr_hrnet18s")
     assert loaded.input_size == 64 and not loaded.training
     g = torch.Generator().manual_seed(1)
@@ -80,6 +85,25 @@ def test_checkpoint_round_trip_is_exact(trained):
     with torch.inference_mode():
         assert torch.equal(model(image, mask), loaded(image, mask))
 
+
+def test_paused_run_resumes_exactly(tiny_data, trained, tmp_path):
+    """The run loop's checkpoints hold the patch stream (order, flips) and the loss history: a run paused at step 5
+    and resumed equals the straight run of the `trained` fixture, weights and losses."""
+    images, coarse, gts = tiny_data
+    model, losses, _ = trained
+    settings = {"iters": 12, "batch_size": 4, "patch_size": 16, "input_size": 64, "seed": 0}
+    work = tmp_path / "paused"
+    train_bpr(images, coarse, gts, work_dir=work, stop_at=5, **settings)
+    assert json.loads((work / "latest.json").read_text())["iteration"] == 5 and not (work / WEIGHTS_NAME).exists()
+    history: list[float] = []
+    resumed = train_bpr(images, coarse, gts, work_dir=work, resume=True, losses=history, **settings)
+    assert history == losses
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    records = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["kind"] == "train"] == [12]  # log_every 50: the last step's record
+    with pytest.raises(ValueError, match="batch_size: 4 -> 2"):  # a resumed run keeps its settings
+        train_bpr(images, coarse, gts, work_dir=work, resume=True, **{**settings, "batch_size": 2})
 
 def test_load_of_wrong_files_names_them(tmp_path, trained):
     junk = tmp_path / "junk.safetensors"

@@ -13,17 +13,10 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from seglab.data.coco_instances import (
-    SHAPES_INSTANCE_CLASSES,
-    CocoInstances,
-    RandomHorizontalFlip,
-    cityscapes_to_coco,
-    collate_instances,
-    generate_shapes_instances,
-    hflip_instances,
-    render_shapes_instances,
-)
+from seglab.data.coco_instances import CocoInstances, RandomHorizontalFlip, collate_instances, hflip_instances
+from seglab.data.converters import cityscapes_to_coco
 from seglab.data.datasets import DatasetError
+from seglab.data.synthetic_instances import SHAPES_INSTANCE_CLASSES, generate_shapes_instances, render_shapes_instances
 from seglab.metrics_instance import coco_evaluate
 
 H, W = 12, 16

@@ -11,7 +11,8 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from seglab.config import ScheduleConfig
-from seglab.data.coco_instances import CocoInstances, collate_instances, generate_shapes_instances
+from seglab.data.coco_instances import CocoInstances, collate_instances
+from seglab.data.synthetic_instances import generate_shapes_instances
 from seglab.engine.instance import instance_lr
 from seglab.instance import build_mask_rcnn, evaluate_instances, predict_instances
 

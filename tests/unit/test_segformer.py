@@ -14,7 +14,7 @@ from seglab.registry import get_entry, resolve_options
 def test_parameter_counts_match_the_paper(variant):
     name = f"segformer_{variant}"
     with torch.device("meta"):
-        model = get_entry(name).build(resolve_options(name, {"num_classes": 150}))
+        model = get_entry(name).make(resolve_options(name, {"num_classes": 150}))
     params = sum(p.numel() for p in model.parameters())
     # the paper prints millions with one decimal: 3.8 / 13.7 / 27.5 / 47.3 / 64.1 / 84.7
     assert round(params / 1e6, 1) == get_entry(name).published_params_m
@@ -24,7 +24,7 @@ def test_b0_and_b2_exact_counts_equal_transformers_figures():
     counts = {}
     for name in ("segformer_b0", "segformer_b2"):
         with torch.device("meta"):
-            model = get_entry(name).build(resolve_options(name, {}))
+            model = get_entry(name).make(resolve_options(name, {}))
         counts[name] = sum(p.numel() for p in model.parameters())
     assert round(counts["segformer_b0"] / 1e6, 2) == 3.75 and round(counts["segformer_b2"] / 1e6, 2) == 27.46
 

@@ -132,7 +132,7 @@ def test_parameter_counts(name):
     c, k = config.embed_dim, 150
     with torch.device("meta"):
         model = create_model(name)
-    encoder = _vit_params(c, config.depth, SEGMENTER_VARIANTS[variant] // 16)
+    encoder = _vit_params(c, config.depth, SEGMENTER_VARIANTS[variant].crop // 16)
     if name.endswith("_linear"):
         head = c * k + k
     else:
@@ -207,7 +207,7 @@ def _mmseg_block(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
 def official_manifest(variant: str, num_classes: int, linear: bool = False) -> dict[str, tuple[int, ...]]:
     """Keys and shapes of rstrudel/segmenter's `Segmenter` (segm/model/vit.py, decoder.py) for a ViT-`variant`."""
     config = VIT_CONFIGS[variant]
-    c, k, grid = config.embed_dim, num_classes, SEGMENTER_VARIANTS[variant] // 16
+    c, k, grid = config.embed_dim, num_classes, SEGMENTER_VARIANTS[variant].crop // 16
     keys = {"encoder.cls_token": (1, 1, c), "encoder.pos_embed": (1, 1 + grid * grid, c),
             "encoder.patch_embed.proj.weight": (c, 3, 16, 16), "encoder.patch_embed.proj.bias": (c,)}
     for i in range(config.depth):
@@ -229,7 +229,7 @@ def official_manifest(variant: str, num_classes: int, linear: bool = False) -> d
 def mmseg_manifest(variant: str, num_classes: int, linear: bool = False) -> dict[str, tuple[int, ...]]:
     """Keys and shapes of mmseg's Segmenter (`VisionTransformer` + `SegmenterMaskTransformerHead` or `FCNHead`)."""
     config = VIT_CONFIGS[variant]
-    c, k, grid = config.embed_dim, num_classes, SEGMENTER_VARIANTS[variant] // 16
+    c, k, grid = config.embed_dim, num_classes, SEGMENTER_VARIANTS[variant].crop // 16
     keys = {"backbone.cls_token": (1, 1, c), "backbone.pos_embed": (1, 1 + grid * grid, c),
             "backbone.patch_embed.projection.weight": (c, 3, 16, 16), "backbone.patch_embed.projection.bias": (c,)}
     for i in range(config.depth):

@@ -34,7 +34,7 @@ MLP_RATIOS = (8, 8, 4, 4)
 def _build_meta(variant: str, **overrides):
     name = f"segnext_{variant}"
     with torch.device("meta"):
-        return get_entry(name).build(resolve_options(name, {"num_classes": 150, **overrides}))
+        return get_entry(name).make(resolve_options(name, {"num_classes": 150, **overrides}))
 
 
 def _side(n: int, convs: int) -> int:

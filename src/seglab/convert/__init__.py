@@ -1,19 +1,18 @@
 """Foreign checkpoints -> seglab state dicts: `convert_checkpoint(src, source, model_name)`.
 
-SegFormer: one module per source layout (`official` NVlabs code, `mmseg`, `hf` transformers); SegNeXt: `segnext`
-(official Visual-Attention-Network code and mmseg 1.x, whose NMF rank it sets); HRNet: `hrnet` (official
-HRNet-Semantic-Segmentation checkpoints and mmseg's FCN-HRNet); UperNet-Swin: `upernet` (transformers, and the official
-Swin-Transformer-Semantic-Segmentation / mmseg layouts through `swin`); UperNet-AS-MLP: `upernet` (the
-AS-MLP-Semantic-Segmentation repository, and ImageNet AS-MLP checkpoints through `asmlp`); Semantic-FPN CycleMLP:
-`cyclemlp` (ImageNet CycleMLP checkpoints, backbone only: no official segmentation model exists); plain ViT:
+One module per model family, holding every source layout of that family. SegFormer: `segformer` (official NVlabs code,
+mmseg and transformers); SegNeXt: `segnext` (official Visual-Attention-Network code and mmseg 1.x, whose NMF rank it
+sets); HRNet: `hrnet` (official HRNet-Semantic-Segmentation checkpoints and mmseg's FCN-HRNet); UperNet-Swin: `upernet`
+(transformers, and the official Swin-Transformer-Semantic-Segmentation / mmseg layouts through `swin`); UperNet-AS-MLP:
+`upernet` (the AS-MLP-Semantic-Segmentation repository, and ImageNet AS-MLP checkpoints through `asmlp`); Semantic-FPN
+CycleMLP: `cyclemlp` (ImageNet CycleMLP checkpoints, backbone only: no official segmentation model exists); plain ViT:
 `setr` (official SETR and mmseg), `segvit` (official SegViT), `segmenter` (official Segmenter and mmseg), with the ViT
-encoder layouts (timm, mmseg, JAX `.npz`) in `vit`; MaskFormer: `maskformer` (transformers and the official
-detectron2 layout); BPR refinement networks: `bpr` (official chenhang98/BPR checkpoints, for
-`seglab.instance.build_bpr`). Each converter
-consumes every source key or lists it as dropped, and its result loads `strict=True` into
-`create_model(model_name, num_classes=result.num_classes, **result.overrides)`. A source without decode-head keys
-(an ImageNet-pretrained encoder such as `mit_b0.pth`, `mscan_t.pth` or `nvidia/mit-b0`) converts to `backbone.*`
-keys only (`result.backbone_only`), for a training recipe's `model.pretrained`.
+encoder layouts (timm, mmseg, JAX `.npz`) in `vit`; MaskFormer: `maskformer` (transformers and the official detectron2
+layout); BPR refinement networks: `bpr` (official chenhang98/BPR checkpoints, for `seglab.instance.build_bpr`). Each
+converter consumes every source key or lists it as dropped, and its result loads `strict=True` into
+`create_model(model_name, num_classes=result.num_classes, **result.overrides)`. A source without decode-head keys (an
+ImageNet-pretrained encoder such as `mit_b0.pth`, `mscan_t.pth` or `nvidia/mit-b0`) converts to `backbone.*` keys only
+(`result.backbone_only`), for a training recipe's `model.pretrained`.
 
 ImageNet backbones of the ViT and MaskFormer families: `official` takes a timm ViT (`jx_vit_large_p16_384`,
 `vit_base_patch16_384`, ...) for `setr_*`, `segmenter_vit_*` and `segvit_*` (SegViT also takes mmseg's ViT, the file
@@ -42,11 +41,9 @@ import torch
 from seglab.convert.bpr import convert_bpr_official
 from seglab.convert.common import ConversionResult, read_source
 from seglab.convert.cyclemlp import convert_cyclemlp_official
-from seglab.convert.hf import convert_segformer_hf
 from seglab.convert.hrnet import convert_hrnet_mmseg, convert_hrnet_official, convert_hrnet_timm_backbone
 from seglab.convert.maskformer import convert_maskformer_hf, convert_maskformer_official
-from seglab.convert.mmseg import convert_segformer_mmseg
-from seglab.convert.official import convert_segformer_official
+from seglab.convert.segformer import convert_segformer_hf, convert_segformer_mmseg, convert_segformer_official
 from seglab.convert.segmenter import convert_segmenter_mmseg, convert_segmenter_official, convert_segmenter_timm
 from seglab.convert.segnext import convert_segnext_mmseg, convert_segnext_official
 from seglab.convert.segvit import convert_segvit_official

@@ -31,7 +31,7 @@ BPR_TABLE: list[RenameRule] = [
 
 def bpr_variant(model_name: str) -> str:
     """Checks that `model_name` is a `BPR_VARIANTS` entry (`bpr_hrnet18s`, `bpr_hrnet48`) and returns it."""
-    from seglab.instance.bpr import BPR_VARIANTS
+    from seglab.models.bpr import BPR_VARIANTS
 
     if model_name not in BPR_VARIANTS:
         raise ValueError(f"source 'official' converts BPR checkpoints to the BPR refinement networks only; model must "
@@ -58,7 +58,7 @@ def convert_bpr_official(
         ValueError: naming keys the converter does not understand, keys missing for `model_name`'s network, or
             shapes of another HRNet width.
     """
-    from seglab.instance.bpr import BPR_VARIANTS, BPRNet
+    from seglab.models.bpr import BPR_VARIANTS, BPRNet
 
     variant = BPR_VARIANTS[bpr_variant(model_name)]
     source = SourceKeys(state_dict, origin)

@@ -172,9 +172,9 @@ def _finish(source: SourceKeys, target: TargetDict, model_name: str, layout: str
         overrides["dec_layers"] = layers
     window = window_of(target.tensors)
     if window is not None:
-        from seglab.models.maskformer import MASKFORMER_SWIN_WINDOWS
+        from seglab.models.maskformer import MASKFORMER_SWIN_VARIANTS
 
-        if window != MASKFORMER_SWIN_WINDOWS[maskformer_backbone(model_name, layout).removeprefix("swin_")]:
+        if window != MASKFORMER_SWIN_VARIANTS[maskformer_backbone(model_name, layout).removeprefix("swin_")].window:
             overrides["window_size"] = window
     return finalize(source, target, model_name, num_classes, overrides)
 
@@ -318,10 +318,10 @@ def _imagenet_backbone(
                              f"timm `swin_*`: `patch_embed.proj.*`, `layers.{{i}}.blocks.{{j}}.*`) or a whole "
                              f"MaskFormer one (`sem_seg_head.*`) for {model_name}; first keys: "
                              f"{', '.join(list(state_dict)[:5])}")
-        from seglab.models.maskformer import MASKFORMER_SWIN_WINDOWS
+        from seglab.models.maskformer import MASKFORMER_SWIN_VARIANTS
 
         return convert_swin_imagenet(state_dict, model_name, origin,
-                                     MASKFORMER_SWIN_WINDOWS[backbone.removeprefix("swin_")])
+                                     MASKFORMER_SWIN_VARIANTS[backbone.removeprefix("swin_")].window)
     if not any(k.startswith("layer1.") for k in state_dict):
         raise ValueError(f"{origin}: expected a torchvision ResNet state dict (`conv1.weight`, `layer1.0.*`, ...) "
                          f"or a whole MaskFormer checkpoint (`sem_seg_head.*`) for {model_name}; first keys: "

@@ -87,10 +87,10 @@ MMSEG_LINEAR_TABLE: list[RenameRule] = [RenameRule(rf"decode_head\.conv_seg\.{_P
 
 def segmenter_variant(model_name: str, source: str) -> tuple[str, bool]:
     """`segmenter_vit_b` -> ("b", False), `segmenter_vit_s_linear` -> ("s", True); other names are refused."""
-    from seglab.models.segmenter import SEGMENTER_LINEAR_VARIANTS, SEGMENTER_VARIANTS
+    from seglab.models.segmenter import SEGMENTER_VARIANTS
 
     names = [f"segmenter_vit_{v}" for v in SEGMENTER_VARIANTS] + [
-        f"segmenter_vit_{v}_linear" for v in SEGMENTER_LINEAR_VARIANTS]
+        f"segmenter_vit_{v}_linear" for v, spec in SEGMENTER_VARIANTS.items() if spec.linear]
     if model_name not in names:
         raise ValueError(f"source {source!r} converts Segmenter checkpoints only here; model must be one of "
                          f"{', '.join(names)}, got {model_name!r}")
@@ -144,7 +144,7 @@ def _finish(
         raise ValueError(f"{source.origin}: its position embedding is trained for img_size {grid * 16}; a whole-model "
                          f"checkpoint keeps its grid (img_size {img_size} is for backbone-only sources)")
     overrides = {**overrides, **patch_bias_overrides(target.tensors, "backbone.")}
-    if grid * 16 != SEGMENTER_VARIANTS[variant]:
+    if grid * 16 != SEGMENTER_VARIANTS[variant].crop:
         overrides["img_size"] = grid * 16
     return finalize(source, target, model_name, num_classes, overrides)
 

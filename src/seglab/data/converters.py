@@ -7,9 +7,11 @@
 - COCO-Stuff 164k: `stuffthingmaps` PNGs (ids 0..181, 255 unlabeled) -> `*_labelTrainIds.png` (0..170, 255), and
   COCO-Stuff 10k: `annotations/*.mat` -> `images/{train2014,test2014}` + `annotations/.../*_labelTrainIds.png`
   (1..171, 0 unlabeled), the id maps of mmseg's `coco_stuff164k.py` / `coco_stuff10k.py` converters.
+- Cityscapes instances: `*_gtFine_instanceIds.png` -> a COCO instances JSON (`cityscapes_to_coco`), as
+  mmdetection's `tools/dataset_converters/cityscapes.py` writes it, for `seglab.data.coco_instances.CocoInstances`.
 
-Masks are written as L-mode PNGs (one byte of class index a pixel), each file atomically. Every converter
-takes `workers` to spread files over processes.
+Masks are written as L-mode PNGs (one byte of class index a pixel), each file atomically. Every semantic mask
+converter takes `workers` to spread files over processes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from seglab.checkpoint import atomic_write
+from seglab.data.coco_instances import coco_annotations, encode_instance_masks, write_coco_json
 from seglab.data.datasets import DatasetError, read_mask, read_split_file
 
 # (name, label id, train id) of every Cityscapes label, from cityscapesScripts `helpers/labels.py`;
@@ -295,3 +298,69 @@ def convert_coco_stuff_10k(root: str | Path, workers: int = 1) -> ConversionResu
         counts[split] = len(names)
     _run(partial(_convert_coco_10k, lut=coco_stuff_lut("10k")), items, workers)
     return ConversionResult({"images": [i[2] for i in items], "masks": [i[3] for i in items]}, counts)
+
+
+# ------------------------------------------------------------------------------------------------- Cityscapes instances
+# The 8 Cityscapes classes with instances that are evaluated (cityscapesScripts labels.py: hasInstances and not
+# ignoreInEval), by Cityscapes label id; caravan (29) and trailer (30) have instances but are ignored in evaluation.
+CITYSCAPES_INSTANCE_CATEGORIES: tuple[tuple[int, str, str], ...] = (
+    (24, "person", "human"),
+    (25, "rider", "human"),
+    (26, "car", "vehicle"),
+    (27, "truck", "vehicle"),
+    (28, "bus", "vehicle"),
+    (31, "train", "vehicle"),
+    (32, "motorcycle", "vehicle"),
+    (33, "bicycle", "vehicle"),
+)
+_CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
+_CITYSCAPES_INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
+
+
+def cityscapes_to_coco(cityscapes_root: str | Path, split: str, out_json: str | Path) -> Path:
+    """Converts Cityscapes fine instance annotations of one split to a COCO instances JSON; returns its path.
+
+    Reads `leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png` and `gtFine/<split>/<city>/<stem>_gtFine_instanceIds.png`.
+    An instance-id pixel value v >= 1000 is instance `v % 1000` of Cityscapes label `v // 1000`; a value below
+    1000 is a label id with no instance (a group, e.g. a crowd of people), which becomes an `iscrowd` annotation.
+    Only the 8 `CITYSCAPES_INSTANCE_CATEGORIES` are kept, with their Cityscapes label ids as COCO category ids.
+    Masks are compressed RLEs; `bbox` and `area` come from them. Image `file_name`s are `<city>/<stem>_leftImg8bit.png`,
+    relative to `leftImg8bit/<split>` (pass that folder as `CocoInstances`' `image_dir`). This follows mmdetection's
+    Cityscapes converter, which the Mask R-CNN and BPR Cityscapes setups use.
+    """
+    root = Path(cityscapes_root)
+    image_dir, gt_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+    if not image_dir.is_dir():
+        raise DatasetError(f"{image_dir} does not exist; expected the Cityscapes layout "
+                           f"leftImg8bit/{split}/<city>/*{_CITYSCAPES_IMAGE_SUFFIX}")
+    image_files = sorted(image_dir.glob(f"*/*{_CITYSCAPES_IMAGE_SUFFIX}"))
+    if not image_files:
+        raise DatasetError(f"no */*{_CITYSCAPES_IMAGE_SUFFIX} files below {image_dir}")
+    known = np.array([c[0] for c in CITYSCAPES_INSTANCE_CATEGORIES])
+    images, annotations = [], []
+    for image_id, image_file in enumerate(image_files, start=1):
+        stem = image_file.name[: -len(_CITYSCAPES_IMAGE_SUFFIX)]
+        gt_file = gt_dir / image_file.parent.name / f"{stem}{_CITYSCAPES_INSTANCE_SUFFIX}"
+        if not gt_file.is_file():
+            raise DatasetError(f"image {image_file} has no instance annotation {gt_file}")
+        with Image.open(gt_file) as pil:
+            instance_map = np.asarray(pil).astype(np.int32)
+        with Image.open(image_file) as pil:
+            width, height = pil.size
+        if instance_map.shape != (height, width):
+            raise DatasetError(f"{gt_file} is {instance_map.shape[1]}x{instance_map.shape[0]} but its image "
+                               f"{image_file} is {width}x{height}")
+        values = np.unique(instance_map[instance_map >= known.min()])
+        labels = np.where(values >= 1000, values // 1000, values)
+        values, labels = values[np.isin(labels, known)], labels[np.isin(labels, known)]
+        rles = encode_instance_masks(instance_map, values)
+        annotations += coco_annotations(rles, labels.tolist(), (values < 1000).astype(int).tolist(), image_id,
+                                        len(annotations) + 1)
+        images.append({"id": image_id, "file_name": f"{image_file.parent.name}/{image_file.name}", "height": height,
+                       "width": width})
+    categories = [{"id": cid, "name": name, "supercategory": group}
+                  for cid, name, group in CITYSCAPES_INSTANCE_CATEGORIES]
+    info = {"description": f"Cityscapes {split} fine instances, converted by seglab", "source": str(root)}
+    out = Path(out_json)
+    write_coco_json({"info": info, "images": images, "annotations": annotations, "categories": categories}, out)
+    return out

@@ -14,6 +14,8 @@ Python's, whose last-bit results can differ between CPUs (numpy's vector maths d
 such a difference (~1e-13 of a pixel value) changes a pixel only if a value lies that close to a rounding boundary
 of `rint` or of the rasteriser, which none of the generated values does in practice. `tests/unit/test_synthetic.py`
 checks a digest of the decoded pixels of a small set.
+
+The instance variant (COCO JSON, one mask per object) is `seglab.data.synthetic_instances`.
 """
 
 from __future__ import annotations
@@ -117,8 +119,9 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / (math.sqrt(sum(float(v) * float(v) for v in vector)) + 1e-6)
 
 
-def _background(rng: np.random.Generator, height: int, width: int, options: ShapesOptions) -> np.ndarray:
-    """A float64 (H, W, 3) background: a two-colour gradient, optionally textured."""
+def draw_background(rng: np.random.Generator, height: int, width: int, options: ShapesOptions) -> np.ndarray:
+    """A float64 (H, W, 3) background: a two-colour gradient, optionally textured (also drawn by
+    `seglab.data.synthetic_instances`)."""
     c0, c1 = rng.uniform(0, 255, size=(2, 3))
     theta = rng.uniform(0, 2 * math.pi)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -147,8 +150,9 @@ def _background(rng: np.random.Generator, height: int, width: int, options: Shap
     return np.clip(image, 0, 255)
 
 
-def _pick_colour(rng: np.random.Generator, under: np.ndarray, options: ShapesOptions) -> np.ndarray:
-    """A shape colour at least `min_contrast` away (RGB distance) from `under`, sometimes just that far."""
+def pick_colour(rng: np.random.Generator, under: np.ndarray, options: ShapesOptions) -> np.ndarray:
+    """A shape colour at least `min_contrast` away (RGB distance) from `under`, sometimes just that far (also used by
+    `seglab.data.synthetic_instances`)."""
     if rng.random() < options.close_colour_prob:
         for _ in range(20):
             direction = _unit(rng.normal(size=3))
@@ -178,7 +182,7 @@ def render_shapes(
     """
     options = options or ShapesOptions()
     height, width = (size, size) if isinstance(size, int) else size
-    image = _background(rng, height, width, options)
+    image = draw_background(rng, height, width, options)
     mask = np.zeros((height, width), np.uint8)
     side = min(height, width)
     ss = _SUPERSAMPLE
@@ -212,7 +216,7 @@ def render_shapes(
         if not inside.any():
             continue
         region = image[y0:y1, x0:x1]
-        colour = _pick_colour(rng, region[inside].mean(axis=0), options)
+        colour = pick_colour(rng, region[inside].mean(axis=0), options)
         image[y0:y1, x0:x1] = region * (1.0 - alpha) + colour * alpha
         mask[y0:y1, x0:x1][inside] = cls
     if options.noise_sigma > 0:

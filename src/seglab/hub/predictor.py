@@ -132,7 +132,7 @@ class Predictor:
 
     def _probs(self, tensor: torch.Tensor) -> torch.Tensor:
         x = self.transform(tensor)[0][None].to(self.device)
-        align_corners = bool(getattr(getattr(self.model, "decode_head", None), "align_corners", False))
+        align_corners = self.model.align_corners
         with torch.inference_mode():
             probs = predict(self.model, x, mode=self.mode, crop_size=self.crop_size, stride=self.stride,
                             flip=self.flip, scales=self.scales, out_size=tuple(tensor.shape[-2:]),

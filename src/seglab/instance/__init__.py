@@ -1,5 +1,6 @@
 """Instance segmentation: Mask R-CNN on torchvision (`seglab.instance.mask_rcnn`), BPR boundary patch refinement of
-coarse instance masks (`seglab.instance.bpr`) and its training / evaluation (`seglab.instance.bpr_train`)."""
+coarse instance masks (`seglab.instance.bpr`), BPR over datasets and its checkpoints (`seglab.instance.bpr_dataset`);
+BPR training is `seglab.engine.refine`."""
 
 from seglab.instance.bpr import (
     BPR_VARIANTS,
@@ -18,14 +19,13 @@ from seglab.instance.bpr import (
     refine,
     train_step,
 )
-from seglab.instance.bpr_train import (
+from seglab.instance.bpr_dataset import (
     build_patch_set,
     compare_before_after,
     load_bpr,
     matched_boundary_iou,
     refine_dataset,
     save_bpr,
-    train_bpr,
 )
 from seglab.instance.mask_rcnn import (
     MASK_RCNN_VARIANTS,
@@ -62,5 +62,4 @@ __all__ = [
     "matched_boundary_iou",
     "refine_dataset",
     "save_bpr",
-    "train_bpr",
 ]

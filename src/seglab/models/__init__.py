@@ -1,9 +1,12 @@
-"""Composed, registered segmentation models. Importing this package registers every family."""
+"""Composed segmentation models: one family per file, each declaring its `MODELS` (`ModelSpec` rows); `ALL_MODELS`
+is the table the factory (`seglab.registry`) reads."""
 
-from seglab.models import (  # noqa: F401
+from seglab.models import (
     asmlp,
+    bpr,
     cyclemlp,
     hrnet,
+    mask_rcnn,
     maskformer,
     segformer,
     segmenter,
@@ -13,5 +16,11 @@ from seglab.models import (  # noqa: F401
     upernet,
 )
 from seglab.models.encoder_decoder import EncoderDecoder
+from seglab.models.spec import ModelSpec
 
-__all__ = ["EncoderDecoder"]
+ALL_MODELS: tuple[ModelSpec, ...] = (
+    *segformer.MODELS, *segnext.MODELS, *upernet.MODELS, *hrnet.MODELS, *cyclemlp.MODELS, *asmlp.MODELS,
+    *setr.MODELS, *segvit.MODELS, *segmenter.MODELS, *maskformer.MODELS, *mask_rcnn.MODELS, *bpr.MODELS,
+)
+
+__all__ = ["ALL_MODELS", "EncoderDecoder", "ModelSpec"]

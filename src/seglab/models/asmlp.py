@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from seglab.backbones.asmlp import ASMLP, ASMLP_CONFIGS, ASMLP_SEG_OPTIONS
 from seglab.models.encoder_decoder import EncoderDecoder
+from seglab.models.spec import ModelSpec
 from seglab.models.upernet import UperNetOptions, upernet
-from seglab.registry import register_model
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,16 @@ class UperNetASMLPOptions(UperNetOptions):
     shift_size: int | None = None
 
 
-# variant -> published parameter count in millions (ADE20K, 150 classes, with the auxiliary head)
-UPERNET_ASMLP_VARIANTS: dict[str, float] = {"t": 60.0, "s": 81.0, "b": 121.0}
+@dataclass(frozen=True)
+class UperNetASMLPVariant:
+    """One UperNet-AS-MLP: the paper's parameter count in millions (ADE20K, 150 classes, with the auxiliary head)."""
+
+    published_params_m: float
+
+
+UPERNET_ASMLP_VARIANTS: dict[str, UperNetASMLPVariant] = {
+    "t": UperNetASMLPVariant(60.0), "s": UperNetASMLPVariant(81.0), "b": UperNetASMLPVariant(121.0),
+}
 
 
 def build_upernet_asmlp(variant: str, options: UperNetASMLPOptions) -> EncoderDecoder:
@@ -43,11 +51,14 @@ def build_upernet_asmlp(variant: str, options: UperNetASMLPOptions) -> EncoderDe
     return upernet(backbone, options)
 
 
-for _variant, _params in UPERNET_ASMLP_VARIANTS.items():
-    register_model(
+MODELS: tuple[ModelSpec, ...] = tuple(
+    ModelSpec(
         f"upernet_asmlp_{_variant}",
-        build=lambda options, v=_variant: build_upernet_asmlp(v, options),
+        build=build_upernet_asmlp,
+        variant=_variant,
         options=UperNetASMLPOptions,
-        published_params_m=_params,
+        published_params_m=_spec.published_params_m,
         description=f"UperNet + AS-MLP-{_variant.upper()}, auxiliary FCN head on stage 3",
     )
+    for _variant, _spec in UPERNET_ASMLP_VARIANTS.items()
+)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from seglab.backbones.cyclemlp import CYCLEMLP_CONFIGS, CycleMLP
 from seglab.heads.fpn import SemanticFPNHead
 from seglab.models.encoder_decoder import EncoderDecoder
-from seglab.registry import register_model
+from seglab.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,18 @@ class SemanticFPNCycleMLPOptions:
     align_corners: bool = False
 
 
-# variant -> published parameter count in millions (Semantic FPN, ADE20K, 150 classes; the paper's Table 5)
-FPN_CYCLEMLP_VARIANTS: dict[str, float] = {"b1": 18.9, "b2": 30.6, "b3": 42.1, "b4": 55.6, "b5": 79.4}
+@dataclass(frozen=True)
+class SemanticFPNCycleMLPVariant:
+    """One Semantic FPN CycleMLP: the paper's parameter count in millions (ADE20K, 150 classes; Table 5)."""
+
+    published_params_m: float
+
+
+FPN_CYCLEMLP_VARIANTS: dict[str, SemanticFPNCycleMLPVariant] = {
+    "b1": SemanticFPNCycleMLPVariant(18.9), "b2": SemanticFPNCycleMLPVariant(30.6),
+    "b3": SemanticFPNCycleMLPVariant(42.1), "b4": SemanticFPNCycleMLPVariant(55.6),
+    "b5": SemanticFPNCycleMLPVariant(79.4),
+}
 
 
 def build_fpn_cyclemlp(variant: str, options: SemanticFPNCycleMLPOptions) -> EncoderDecoder:
@@ -43,14 +53,18 @@ def build_fpn_cyclemlp(variant: str, options: SemanticFPNCycleMLPOptions) -> Enc
                            neck_channels=options.neck_channels, channels=options.head_channels,
                            feature_strides=tuple(info.stride for info in backbone.feature_info),
                            dropout=options.head_dropout, align_corners=options.align_corners)
-    return EncoderDecoder(backbone, head, num_classes=options.num_classes, output_stride=4)
+    return EncoderDecoder(backbone, head, num_classes=options.num_classes, output_stride=4,
+                          align_corners=options.align_corners)
 
 
-for _variant, _params in FPN_CYCLEMLP_VARIANTS.items():
-    register_model(
+MODELS: tuple[ModelSpec, ...] = tuple(
+    ModelSpec(
         f"fpn_cyclemlp_{_variant}",
-        build=lambda options, v=_variant: build_fpn_cyclemlp(v, options),
+        build=build_fpn_cyclemlp,
+        variant=_variant,
         options=SemanticFPNCycleMLPOptions,
-        published_params_m=_params,
+        published_params_m=_spec.published_params_m,
         description=f"Semantic FPN + CycleMLP-{_variant.upper()}",
     )
+    for _variant, _spec in FPN_CYCLEMLP_VARIANTS.items()
+)

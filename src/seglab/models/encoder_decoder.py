@@ -20,6 +20,8 @@ class EncoderDecoder(PretrainedMixin, nn.Module):
         num_classes: classes predicted by the head.
         output_stride: stride of the head's logits relative to the input.
         aux_heads: optional extra heads used only by `forward_train`.
+        align_corners: the bilinear `align_corners` the model was trained with; inference resizes its logits to
+            the image with it (`seglab.inference.predict(..., align_corners=model.align_corners)`).
     """
 
     def __init__(
@@ -29,6 +31,7 @@ class EncoderDecoder(PretrainedMixin, nn.Module):
         num_classes: int,
         output_stride: int,
         aux_heads: list[nn.Module] | None = None,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -36,6 +39,7 @@ class EncoderDecoder(PretrainedMixin, nn.Module):
         self.aux_heads = nn.ModuleList(aux_heads or [])
         self.num_classes = num_classes
         self.output_stride = output_stride
+        self.align_corners = align_corners
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.decode_head(self.backbone(images))

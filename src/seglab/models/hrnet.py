@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from seglab.backbones.hrnet import HRNET_CONFIGS, HRNet
 from seglab.heads.hrnetv2 import HRNetV2Head
 from seglab.models.encoder_decoder import EncoderDecoder
-from seglab.registry import register_model
+from seglab.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -72,14 +72,18 @@ def build_fcn_hrnetv2(variant: str, options: HRNetOptions) -> EncoderDecoder:
         conv_bias=options.head_conv_bias,
         bn_momentum=options.bn_momentum,
     )
-    return EncoderDecoder(backbone, head, num_classes=options.num_classes, output_stride=4)
+    return EncoderDecoder(backbone, head, num_classes=options.num_classes, output_stride=4,
+                          align_corners=options.align_corners)
 
 
-for _variant, _spec in HRNET_VARIANTS.items():
-    register_model(
+MODELS: tuple[ModelSpec, ...] = tuple(
+    ModelSpec(
         f"fcn_hrnetv2_{_variant}",
-        build=lambda options, v=_variant: build_fcn_hrnetv2(v, options),
+        build=build_fcn_hrnetv2,
+        variant=_variant,
         options=HRNetOptions,
         published_params_m=_spec.published_params_m,
         description=f"FCN-{_spec.title}: HRNet-{_variant.upper()} + HRNetV2 resize-concat head",
     )
+    for _variant, _spec in HRNET_VARIANTS.items()
+)

@@ -27,8 +27,8 @@ from seglab.backbones.resnet import ResNet
 from seglab.backbones.swin import SWIN_CONFIGS, SwinTransformer
 from seglab.heads.maskformer import MaskFormerHead, semantic_scores
 from seglab.losses.maskformer import MaskFormerLoss
+from seglab.models.spec import ModelSpec
 from seglab.pretrained_files import PretrainedMixin
-from seglab.registry import register_model
 
 # detectron2 pads every batch to a multiple of this (`MODEL.MASK_FORMER.SIZE_DIVISIBILITY` of the official configs)
 OFFICIAL_SIZE_DIVISIBILITY = 32
@@ -97,6 +97,7 @@ class MaskFormer(PretrainedMixin, nn.Module):
         self.output_stride = 1 if official_inference else 4
         self.loss = loss
         self.deep_supervision = deep_supervision
+        self.align_corners = False  # the scores are resized to the image as the official code does
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> semantic scores (B, K, H/4, W/4), or (B, K, H, W) with `official_inference`."""
@@ -140,34 +141,48 @@ def build_maskformer_resnet(depth: int, options: MaskFormerOptions) -> MaskForme
 
 def build_maskformer_swin(variant: str, options: MaskFormerSwinOptions) -> MaskFormer:
     """MaskFormer-Swin-`variant`."""
-    window = MASKFORMER_SWIN_WINDOWS[variant] if options.window_size is None else options.window_size
+    window = MASKFORMER_SWIN_VARIANTS[variant].window if options.window_size is None else options.window_size
     backbone = SwinTransformer(SWIN_CONFIGS[variant], in_channels=options.in_channels,
                                drop_path_rate=options.drop_path_rate, window_size=window,
                                shrink_window=options.shrink_window)
     return maskformer(backbone, options)
 
 
-# published parameter counts in millions (paper, ADE20K, 150 classes)
-MASKFORMER_RESNET_VARIANTS: dict[int, float] = {50: 41.0, 101: 60.0}
-MASKFORMER_SWIN_VARIANTS: dict[str, float] = {"t": 42.0, "s": 63.0, "b": 102.0, "l": 212.0}
-# default attention window: the paper's Swin-B/L models start from the 384-pretrained (window 12) encoders
-MASKFORMER_SWIN_WINDOWS: dict[str, int] = {"t": 7, "s": 7, "b": 12, "l": 12}
+@dataclass(frozen=True)
+class MaskFormerVariant:
+    """One MaskFormer: the paper's parameter count in millions (ADE20K, 150 classes) and, for Swin backbones, the
+    default attention window (the paper's Swin-B/L models start from the 384-pretrained, window-12 encoders)."""
 
-for _depth, _params in MASKFORMER_RESNET_VARIANTS.items():
-    register_model(
+    published_params_m: float
+    window: int | None = None
+
+
+MASKFORMER_RESNET_VARIANTS: dict[int, MaskFormerVariant] = {50: MaskFormerVariant(41.0), 101: MaskFormerVariant(60.0)}
+MASKFORMER_SWIN_VARIANTS: dict[str, MaskFormerVariant] = {
+    "t": MaskFormerVariant(42.0, window=7), "s": MaskFormerVariant(63.0, window=7),
+    "b": MaskFormerVariant(102.0, window=12), "l": MaskFormerVariant(212.0, window=12),
+}
+
+MODELS: tuple[ModelSpec, ...] = tuple(
+    ModelSpec(
         f"maskformer_r{_depth}",
-        build=lambda options, d=_depth: build_maskformer_resnet(d, options),
+        build=build_maskformer_resnet,
+        variant=_depth,
         options=MaskFormerOptions,
-        published_params_m=_params,
+        published_params_m=_spec.published_params_m,
         description=f"MaskFormer + ResNet-{_depth} (torchvision), 100 queries, 6 decoder layers",
     )
-
-for _variant, _params in MASKFORMER_SWIN_VARIANTS.items():
-    register_model(
+    for _depth, _spec in MASKFORMER_RESNET_VARIANTS.items()
+) + tuple(
+    ModelSpec(
         f"maskformer_swin_{_variant}",
-        build=lambda options, v=_variant: build_maskformer_swin(v, options),
+        build=build_maskformer_swin,
+        variant=_variant,
         options=MaskFormerSwinOptions,
-        published_params_m=_params,
-        description=f"MaskFormer + Swin-{_variant.upper()} (window {MASKFORMER_SWIN_WINDOWS[_variant]}), 100 queries, "
-                    f"6 decoder layers",
+        published_params_m=_spec.published_params_m,
+        description=f"MaskFormer + Swin-{_variant.upper()} (window {_spec.window}), 100 queries, "
+                f"6 decoder layers",
     )
+    for _variant, _spec in MASKFORMER_SWIN_VARIANTS.items()
+)
+

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from seglab.backbones.mit import MIT_CONFIGS, MixVisionTransformer
 from seglab.heads.segformer import SegFormerHead
 from seglab.models.encoder_decoder import EncoderDecoder
-from seglab.registry import register_model
+from seglab.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,21 @@ class SegFormerOptions:
     head_stage_norm_act: bool = False
 
 
-# variant -> (decoder embedding width, published parameter count in millions at 150 classes)
-SEGFORMER_VARIANTS: dict[str, tuple[int, float]] = {
-    "b0": (256, 3.8),
-    "b1": (256, 13.7),
-    "b2": (768, 27.5),
-    "b3": (768, 47.3),
-    "b4": (768, 64.1),
-    "b5": (768, 84.7),
+@dataclass(frozen=True)
+class SegFormerVariant:
+    """One SegFormer: the All-MLP decoder width and the paper's parameter count in millions (150 classes)."""
+
+    head_channels: int
+    published_params_m: float
+
+
+SEGFORMER_VARIANTS: dict[str, SegFormerVariant] = {
+    "b0": SegFormerVariant(256, 3.8),
+    "b1": SegFormerVariant(256, 13.7),
+    "b2": SegFormerVariant(768, 27.5),
+    "b3": SegFormerVariant(768, 47.3),
+    "b4": SegFormerVariant(768, 64.1),
+    "b5": SegFormerVariant(768, 84.7),
 }
 
 
@@ -58,20 +65,25 @@ def build_segformer(variant: str, options: SegFormerOptions) -> EncoderDecoder:
     )
     head = SegFormerHead(
         in_channels=config.embed_dims,
-        channels=options.head_channels or SEGFORMER_VARIANTS[variant][0],
+        channels=options.head_channels or SEGFORMER_VARIANTS[variant].head_channels,
         num_classes=options.num_classes,
         dropout=options.head_dropout,
         align_corners=options.align_corners,
         stage_norm_act=options.head_stage_norm_act,
     )
-    return EncoderDecoder(backbone, head, num_classes=options.num_classes, output_stride=4)
+    return EncoderDecoder(backbone, head, num_classes=options.num_classes, output_stride=4,
+                          align_corners=options.align_corners)
 
 
-for _variant, (_channels, _params) in SEGFORMER_VARIANTS.items():
-    register_model(
+MODELS: tuple[ModelSpec, ...] = tuple(
+    ModelSpec(
         f"segformer_{_variant}",
-        build=lambda options, v=_variant: build_segformer(v, options),
+        build=build_segformer,
+        variant=_variant,
         options=SegFormerOptions,
-        published_params_m=_params,
-        description=f"SegFormer-{_variant.upper()}: MiT-{_variant.upper()} + All-MLP head ({_channels} channels)",
+        published_params_m=_spec.published_params_m,
+        description=f"SegFormer-{_variant.upper()}: MiT-{_variant.upper()} + All-MLP head "
+                    f"({_spec.head_channels} channels)",
     )
+    for _variant, _spec in SEGFORMER_VARIANTS.items()
+)

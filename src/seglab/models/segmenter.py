@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from seglab.backbones.vit import VIT_CONFIGS, VisionTransformer
 from seglab.heads.segmenter import LinearHead, MaskTransformerHead
 from seglab.models.encoder_decoder import EncoderDecoder
-from seglab.registry import register_model
+from seglab.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,19 @@ class SegmenterOptions(SegmenterLinearOptions):
     head_norm_eps: float = 1e-5
 
 
-# variant -> the crop of its ADE20K recipe, which sets the trained position-embedding grid (mmseg configs/segmenter)
-SEGMENTER_VARIANTS: dict[str, int] = {"t": 512, "s": 512, "b": 512, "l": 640}
-SEGMENTER_LINEAR_VARIANTS: tuple[str, ...] = ("s",)
+@dataclass(frozen=True)
+class SegmenterVariant:
+    """One Segmenter encoder: the crop of its ADE20K recipe, which sets the trained position-embedding grid (mmseg
+    configs/segmenter), and whether the linear-decoder model is registered too."""
+
+    crop: int
+    linear: bool = False
+
+
+SEGMENTER_VARIANTS: dict[str, SegmenterVariant] = {
+    "t": SegmenterVariant(512), "s": SegmenterVariant(512, linear=True), "b": SegmenterVariant(512),
+    "l": SegmenterVariant(640),
+}
 # NOTE: the paper (Table 1) gives the encoders' sizes only, not whole models': ViT-T 6M, S 22M, B 86M, L 307M; no
 # `published_params_m` is registered (the unit tests check the encoders against these figures).
 PAPER_ENCODER_PARAMS_M: dict[str, float] = {"t": 6.0, "s": 22.0, "b": 86.0, "l": 307.0}
@@ -62,7 +72,7 @@ def segmenter_encoder(variant: str, options: SegmenterLinearOptions) -> VisionTr
     return VisionTransformer(
         config,
         in_channels=options.in_channels,
-        img_size=SEGMENTER_VARIANTS[variant] if options.img_size is None else options.img_size,
+        img_size=SEGMENTER_VARIANTS[variant].crop if options.img_size is None else options.img_size,
         out_indices=(config.depth - 1,),
         with_cls_token=True,
         final_norm=True,
@@ -101,20 +111,25 @@ def build_segmenter_linear(variant: str, options: SegmenterLinearOptions) -> Enc
     return EncoderDecoder(backbone, head, num_classes=options.num_classes, output_stride=config.patch_size)
 
 
-for _variant, _crop in SEGMENTER_VARIANTS.items():
-    register_model(
+MODELS: tuple[ModelSpec, ...] = tuple(
+    ModelSpec(
         f"segmenter_vit_{_variant}",
-        build=lambda options, v=_variant: build_segmenter(v, options),
+        build=build_segmenter,
+        variant=_variant,
         options=SegmenterOptions,
-        description=f"Segmenter: ViT-{_variant.upper()}/16 (position embedding for {_crop}x{_crop}) + mask "
-                    f"transformer (2 blocks)",
+        description=f"Segmenter: ViT-{_variant.upper()}/16 (position embedding for {_spec.crop}x{_spec.crop}) + mask "
+                f"transformer (2 blocks)",
     )
-
-for _variant in SEGMENTER_LINEAR_VARIANTS:
-    register_model(
+    for _variant, _spec in SEGMENTER_VARIANTS.items()
+) + tuple(
+    ModelSpec(
         f"segmenter_vit_{_variant}_linear",
-        build=lambda options, v=_variant: build_segmenter_linear(v, options),
+        build=build_segmenter_linear,
+        variant=_variant,
         options=SegmenterLinearOptions,
-        description=f"Segmenter: ViT-{_variant.upper()}/16 (position embedding for {SEGMENTER_VARIANTS[_variant]}x"
-                    f"{SEGMENTER_VARIANTS[_variant]}) + linear decoder",
+        description=f"Segmenter: ViT-{_variant.upper()}/16 (position embedding for {_spec.crop}x{_spec.crop}) "
+                f"+ linear decoder",
     )
+    for _variant, _spec in SEGMENTER_VARIANTS.items() if _spec.linear
+)
+

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from seglab.backbones.mscan import MSCAN, MSCAN_CONFIGS
 from seglab.heads.ham import LightHamHead
 from seglab.models.encoder_decoder import EncoderDecoder
-from seglab.registry import register_model
+from seglab.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -78,15 +78,19 @@ def build_segnext(variant: str, options: SegNeXtOptions) -> EncoderDecoder:
         dropout=options.head_dropout,
         align_corners=options.align_corners,
     )
-    return EncoderDecoder(backbone, head, num_classes=options.num_classes, output_stride=8)
+    return EncoderDecoder(backbone, head, num_classes=options.num_classes, output_stride=8,
+                          align_corners=options.align_corners)
 
 
-for _variant, _spec in SEGNEXT_VARIANTS.items():
-    register_model(
+MODELS: tuple[ModelSpec, ...] = tuple(
+    ModelSpec(
         f"segnext_{_variant}",
-        build=lambda options, v=_variant: build_segnext(v, options),
+        build=build_segnext,
+        variant=_variant,
         options=SegNeXtOptions,
         published_params_m=_spec.published_params_m,
         description=f"SegNeXt-{_variant.upper()}: MSCAN-{_variant.upper()} + light Hamburger head "
-                    f"({_spec.head_channels} channels, NMF rank {_spec.ham_rank})",
+                f"({_spec.head_channels} channels, NMF rank {_spec.ham_rank})",
     )
+    for _variant, _spec in SEGNEXT_VARIANTS.items()
+)

@@ -26,7 +26,7 @@ from seglab.backbones.vit import VIT_CONFIGS, VisionTransformer
 from seglab.heads.atm import ATMHead, TPNATMHead, semantic_scores, upsample_masks
 from seglab.losses.atm import ATMLoss
 from seglab.models.encoder_decoder import EncoderDecoder
-from seglab.registry import register_model
+from seglab.models.spec import ModelSpec
 
 
 class SegViT(EncoderDecoder):
@@ -183,11 +183,14 @@ _DESCRIPTIONS = {
                     "(query upsampling), 640 crops",
 }
 
-for _variant in SEGVIT_VARIANTS:
-    register_model(
+MODELS: tuple[ModelSpec, ...] = tuple(
+    ModelSpec(
         f"segvit_{_variant}",
-        build=lambda options, v=_variant: build_segvit(v, options),
+        build=build_segvit,
+        variant=_variant,
         options=SegViTOptions,
         published_params_m=None,  # the README gives GFLOPs only
         description=_DESCRIPTIONS[_variant],
     )
+    for _variant in SEGVIT_VARIANTS
+)

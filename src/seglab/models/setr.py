@@ -26,7 +26,7 @@ from seglab.backbones.vit import VIT_CONFIGS, VisionTransformer
 from seglab.heads.fcn import FCNHead
 from seglab.heads.setr import MLANeck, SETRMLAHead, SETRUPHead
 from seglab.models.encoder_decoder import EncoderDecoder
-from seglab.registry import register_model
+from seglab.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -157,9 +157,10 @@ class EncoderNeckDecoder(EncoderDecoder):
         num_classes: int,
         output_stride: int,
         aux_heads: list[nn.Module] | None = None,
+        align_corners: bool = False,
     ) -> None:
         super().__init__(backbone, decode_head, num_classes=num_classes, output_stride=output_stride,
-                         aux_heads=aux_heads)
+                         aux_heads=aux_heads, align_corners=align_corners)
         self.neck = neck
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -212,7 +213,8 @@ def build_setr_up(options: SETRUPOptions) -> EncoderDecoder:
                                   num_convs=options.aux_num_convs, kernel_size=options.aux_kernel_size,
                                   up_scale=options.aux_up_scale, align_corners=options.align_corners))
     return EncoderDecoder(backbone, head, num_classes=options.num_classes,
-                          output_stride=_output_stride(backbone, head.upsampling), aux_heads=aux)
+                          output_stride=_output_stride(backbone, head.upsampling), aux_heads=aux,
+                          align_corners=options.align_corners)
 
 
 def build_setr_mla(options: SETRMLAOptions) -> EncoderNeckDecoder:
@@ -227,14 +229,17 @@ def build_setr_mla(options: SETRMLAOptions) -> EncoderNeckDecoder:
         aux = [FCNHead(c, c, options.num_classes, in_index=i, num_convs=0, dropout=0.0)
                for i, c in enumerate(neck.out_channels)]
     return EncoderNeckDecoder(backbone, neck, head, num_classes=options.num_classes,
-                              output_stride=_output_stride(backbone, head.upsampling), aux_heads=aux)
+                              output_stride=_output_stride(backbone, head.upsampling), aux_heads=aux,
+                          align_corners=options.align_corners)
 
 
-for _name, _variant in SETR_VARIANTS.items():
-    register_model(
+MODELS: tuple[ModelSpec, ...] = tuple(
+    ModelSpec(
         f"setr_{_name}_vit_l",
         build=build_setr_up if _variant.decoder == "up" else build_setr_mla,
         options=_variant.options,
         published_params_m=_variant.published_params_m,
         description=f"{_variant.title}: ViT-L/16 (pos-embed for 512x512) + auxiliary heads",
     )
+    for _name, _variant in SETR_VARIANTS.items()
+)

@@ -15,7 +15,7 @@ from seglab.backbones.swin import SWIN_CONFIGS, SwinTransformer
 from seglab.heads.fcn import FCNHead
 from seglab.heads.uper import UPerHead
 from seglab.models.encoder_decoder import EncoderDecoder
-from seglab.registry import register_model
+from seglab.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,18 @@ class UperNetSwinOptions(UperNetOptions):
     shrink_window: bool = True
 
 
-# variant -> published parameter count in millions (ADE20K, 150 classes, with the auxiliary head; Swin-L: the
-# paper's 22k 640x640 model)
-UPERNET_SWIN_VARIANTS: dict[str, float] = {"t": 60.0, "s": 81.0, "b": 121.0, "l": 234.0}
+@dataclass(frozen=True)
+class UperNetSwinVariant:
+    """One UperNet-Swin: the paper's parameter count in millions (ADE20K, 150 classes, with the auxiliary head;
+    Swin-L: the paper's 22k 640x640 model)."""
+
+    published_params_m: float
+
+
+UPERNET_SWIN_VARIANTS: dict[str, UperNetSwinVariant] = {
+    "t": UperNetSwinVariant(60.0), "s": UperNetSwinVariant(81.0), "b": UperNetSwinVariant(121.0),
+    "l": UperNetSwinVariant(234.0),
+}
 AUX_IN_INDEX = 2  # the auxiliary FCN head reads stage 3 (stride 16)
 
 
@@ -64,7 +73,8 @@ def upernet(backbone: nn.Module, options: UperNetOptions) -> EncoderDecoder:
     if options.aux_head:
         aux.append(FCNHead(channels[AUX_IN_INDEX], options.aux_channels, options.num_classes, in_index=AUX_IN_INDEX,
                            num_convs=1, concat_input=False, dropout=options.head_dropout))
-    return EncoderDecoder(backbone, head, num_classes=options.num_classes, output_stride=4, aux_heads=aux)
+    return EncoderDecoder(backbone, head, num_classes=options.num_classes, output_stride=4, aux_heads=aux,
+                          align_corners=options.align_corners)
 
 
 def build_upernet_swin(variant: str, options: UperNetSwinOptions) -> EncoderDecoder:
@@ -81,11 +91,14 @@ def build_upernet_swin(variant: str, options: UperNetSwinOptions) -> EncoderDeco
     return upernet(backbone, options)
 
 
-for _variant, _params in UPERNET_SWIN_VARIANTS.items():
-    register_model(
+MODELS: tuple[ModelSpec, ...] = tuple(
+    ModelSpec(
         f"upernet_swin_{_variant}",
-        build=lambda options, v=_variant: build_upernet_swin(v, options),
+        build=build_upernet_swin,
+        variant=_variant,
         options=UperNetSwinOptions,
-        published_params_m=_params,
+        published_params_m=_spec.published_params_m,
         description=f"UperNet + Swin-{_variant.upper()} (window 7), auxiliary FCN head on stage 3",
     )
+    for _variant, _spec in UPERNET_SWIN_VARIANTS.items()
+)

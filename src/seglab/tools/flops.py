@@ -144,7 +144,13 @@ def model_table(
     rows = []
     for name in names:
         entry = get_entry(name)
-        row: dict[str, Any] = {"name": name}
+        row: dict[str, Any] = {"name": name, "task": entry.task}
+        if entry.task != "semantic":  # detections or patch refinement: no single-image forward to count
+            model = _build(name, "meta", num_classes)
+            row.update(params_m=sum(p.numel() for p in model.parameters()) / 1e6,
+                       published_params_m=entry.published_params_m, gflops=None, device="meta")
+            rows.append(row)
+            continue
         try:
             model, device = _build(name, "meta", num_classes), "meta"
             flops = count_flops(model, size)

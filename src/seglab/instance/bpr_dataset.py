@@ -1,13 +1,6 @@
-"""Training and evaluating BPR: patch dataset from coarse masks, the refinement net's schedule, checkpoints, and
-COCO evaluation of coarse against refined masks.
-
-The schedule is the official one (chenhang98/BPR `configs/bpr/hrnet18s_128.py`, whose `_base_` is mmseg 0.x's
-`schedules/schedule_160k.py`): SGD with lr 0.01, momentum 0.9, weight decay 5e-4, poly decay with power 0.9 down to
-min_lr 1e-4, no warm-up, 160k iterations at 8 patches per GPU on 4 GPUs (32 per step). What seglab scales down
-is only the length (`iters`) and the batch (`batch_size`); the poly curve is stretched over `iters`. lr is not
-rescaled with the batch (the official rate, 0.01, is kept as the default). The official network starts from
-ImageNet-pretrained HRNet weights (`open-mmlab://msra/hrnetv2_w18_small`); seglab has no such weights for BPR, so
-`train_bpr` starts from random initialisation unless `init` names a checkpoint.
+"""BPR over datasets: patch sets for training (`build_patch_set`), BPR checkpoints (`save_bpr` / `load_bpr`), refining
+every image of a dataset (`refine_dataset`) and COCO / boundary evaluation of coarse against refined masks
+(`matched_boundary_iou`, `compare_before_after`). Training is `seglab.engine.refine.train_bpr`.
 
 Images given to these functions are RGB in 0-255, (3, H, W), uint8 or float (what `normalize_image` takes).
 Masks per image come as torchvision-style dicts: `masks` (N, H, W) bool / uint8, `labels` (N,) and, for ground
@@ -18,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,46 +19,29 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import torch
 
-from seglab.checkpoint import atomic_write, read_checkpoint_meta, save_weights
+from seglab.checkpoint import read_checkpoint_meta, save_weights
 from seglab.instance.bpr import (
     BPR_VARIANTS,
     NMS_IOU_DATASET,
     NMS_IOU_INFERENCE,
     PATCH_SIZE,
     BPRNet,
-    PatchDataset,
     PatchSet,
     build_bpr,
     concat_patch_sets,
     extract_training_patches,
     normalize_image,
     refine,
-    train_step,
 )
 from seglab.metrics_instance import boundary_iou, coco_evaluate
 from seglab.registry import load_model_weights
 
-# official schedule (mmseg 0.x schedule_160k + BPR data config); see the module docstring
-BPR_LR = 0.01
-BPR_MOMENTUM = 0.9
-BPR_WEIGHT_DECAY = 5e-4
-BPR_POLY_POWER = 0.9
-BPR_MIN_LR = 1e-4
-BPR_OFFICIAL_ITERS = 160_000
-BPR_OFFICIAL_BATCH = 32  # 8 patches per GPU x 4 GPUs
 WEIGHTS_NAME = "bpr.safetensors"
 _TASK_KEY = "seglab_task"
 _TASK = "bpr"
 _FUSE_KEY = "fuse_upsample"
 
 InstanceDict = Mapping[str, torch.Tensor]
-
-
-def poly_lr(iteration: int, iters: int, base_lr: float, power: float = BPR_POLY_POWER,
-            min_lr: float = BPR_MIN_LR) -> float:
-    """mmcv's poly policy: `(base - min) * (1 - it / iters) ** power + min`."""
-    progress = min(iteration, iters) / max(iters, 1)
-    return (base_lr - min_lr) * (1.0 - progress) ** power + min_lr
 
 
 def _image_tensor(image: torch.Tensor | np.ndarray, index: int) -> torch.Tensor:
@@ -118,112 +94,18 @@ def build_patch_set(
     return concat_patch_sets(sets)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator):
-    """Endless batches of indices: a fresh permutation each epoch, the incomplete tail dropped (every step sees a
-    full batch; with fewer samples than `batch_size` each step takes all of them)."""
-    size = min(batch_size, n)
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n - size + 1, size):
-            yield order[start:start + size]
-
-
-def train_bpr(
-    images: Sequence[torch.Tensor | np.ndarray],
-    coarse_masks: Sequence[InstanceDict],
-    gt: Sequence[InstanceDict],
-    *,
-    variant: str = "bpr_hrnet18s",
-    iters: int = 1000,
-    batch_size: int = 8,
-    lr: float = BPR_LR,
-    momentum: float = BPR_MOMENTUM,
-    weight_decay: float = BPR_WEIGHT_DECAY,
-    power: float = BPR_POLY_POWER,
-    min_lr: float = BPR_MIN_LR,
-    patch_size: int = PATCH_SIZE,
-    nms_iou: float = NMS_IOU_DATASET,
-    input_size: int | None = None,
-    flip: bool = True,
-    init: str | Path | None = None,
-    work_dir: str | Path | None = None,
-    seed: int = 0,
-    losses: list[float] | None = None,
-    log: Callable[[str], None] | None = None,
-    log_every: int = 50,
-) -> BPRNet:
-    """Trains a BPR refinement network on boundary patches of coarse masks and returns it (in eval mode).
-
-    Args:
-        images: training images, RGB 0-255 (3, H, W) tensors or (H, W, 3) uint8 arrays.
-        coarse_masks: per image, the instance model's predictions: `masks` (N, H, W) and `labels` (N,).
-        gt: per image, ground truth: `masks`, `labels`, optional `iscrowd`.
-        variant: `BPR_VARIANTS` key.
-        iters: optimisation steps (official: 160,000).
-        batch_size: patches per step (official: 32).
-        lr, momentum, weight_decay, power, min_lr: SGD and poly schedule (official defaults).
-        patch_size: patch side in image pixels (official 64; smaller for tiny images).
-        nms_iou: proposal NMS when building the patch set (official 0.25).
-        input_size: network input side; default the variant's (128 / 256).
-        flip: random horizontal flips (official `RandomFlip`, p = 0.5).
-        init: optional BPR checkpoint to start from (`load_bpr`).
-        work_dir: if given, the weights are written there as `bpr.safetensors` (atomically) with `train_log.json`.
-        seed: seeds initialisation, shuffling and flips.
-        losses: if given, receives the loss of every step.
-        log: called with a progress line every `log_every` steps.
-    """
-    if iters < 1 or batch_size < 1:
-        raise ValueError(f"iters and batch_size must be >= 1, got {iters} and {batch_size}")
-    torch.manual_seed(seed)
-    model = load_bpr(init, variant) if init is not None else build_bpr(variant)
-    if input_size is not None:
-        model.input_size = input_size
-    patches = build_patch_set(images, coarse_masks, gt, patch_size, nms_iou)
-    n = patches.images.shape[0]
-    if n == 0:
-        raise ValueError("no training patches: no coarse instance has IoU > 0.5 with a same-class GT instance, or "
-                         f"the images are not larger than patch_size {patch_size}")
-    generator = torch.Generator().manual_seed(seed)
-    dataset = PatchDataset(patches, model.input_size, flip=flip, generator=generator)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    history: list[float] = []
-    batches = _batches(n, batch_size, generator)
-    for it in range(iters):
-        rate = poly_lr(it, iters, lr, power, min_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = rate
-        samples = [dataset[int(k)] for k in next(batches)]
-        batch = tuple(torch.stack(parts) for parts in zip(*samples, strict=True))
-        loss = train_step(model, optimizer, batch)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"BPR training loss is {loss} at step {it}; lower lr (now {rate:g})")
-        history.append(loss)
-        if log is not None and (it + 1) % log_every == 0:
-            recent = history[-log_every:]
-            log(f"bpr step {it + 1}/{iters} loss {sum(recent) / len(recent):.4f} lr {rate:.2e} patches {n}")
-    if losses is not None:
-        losses.extend(history)
-    model.eval()
-    if work_dir is not None:
-        work_dir = Path(work_dir)
-        save_bpr(work_dir / WEIGHTS_NAME, model, variant)
-        summary = {"variant": variant, "iters": iters, "batch_size": batch_size, "lr": lr, "momentum": momentum,
-                   "weight_decay": weight_decay, "power": power, "min_lr": min_lr, "patch_size": patch_size,
-                   "nms_iou": nms_iou, "input_size": model.input_size, "flip": flip, "seed": seed, "patches": n,
-                   "losses": history}
-        atomic_write(work_dir / "train_log.json", lambda tmp: Path(tmp).write_text(json.dumps(summary)))
-    return model
-
-
-# ------------------------------------------------------------------------------------------------ checkpoints
 def save_bpr(path: str | Path, model: BPRNet, variant: str) -> None:
     """Writes the network as a seglab safetensors checkpoint (atomic), naming the variant, the input size and the
     HRNet fuse upsampling."""
     if variant not in BPR_VARIANTS:
         raise KeyError(f"unknown BPR variant {variant!r}; available: {', '.join(BPR_VARIANTS)}")
-    save_weights(path, model.state_dict(), variant, 2,
-                 extra={_TASK_KEY: _TASK, "input_size": str(model.input_size),
-                        _FUSE_KEY: getattr(model, "fuse_upsample", "bilinear_scale")})
+    save_weights(path, model.state_dict(), variant, 2, extra=bpr_meta(model))
+
+
+def bpr_meta(model: BPRNet) -> dict[str, str]:
+    """The checkpoint metadata of a BPR network (task, input size, fuse upsampling)."""
+    return {_TASK_KEY: _TASK, "input_size": str(model.input_size),
+            _FUSE_KEY: getattr(model, "fuse_upsample", "bilinear_scale")}
 
 
 def load_bpr(path: str | Path, variant: str | None = None) -> BPRNet:
@@ -235,7 +117,7 @@ def load_bpr(path: str | Path, variant: str | None = None) -> BPRNet:
     meta = read_checkpoint_meta(path)
     if meta.extra.get(_TASK_KEY) != _TASK or meta.model not in BPR_VARIANTS:
         raise ValueError(f"{path} is not a BPR checkpoint: it holds model {meta.model!r} (BPR variants: "
-                         f"{', '.join(BPR_VARIANTS)}; written by seglab.instance.bpr_train.save_bpr)")
+                         f"{', '.join(BPR_VARIANTS)}; written by seglab.engine.refine.save_bpr)")
     if variant is not None and variant != meta.model:
         raise ValueError(f"{path} holds BPR variant {meta.model!r}, not the requested {variant!r}")
     # files written before the fuse upsampling was recorded come from networks built with "nearest"

@@ -1,4 +1,8 @@
-"""`make demo`: generate shapes, train SegFormer-B0, evaluate, and draw what it predicts."""
+"""`make demo` (`seglab demo`): generate shapes, train SegFormer-B0, evaluate, and draw what it predicts.
+
+Top floor, beside `seglab.cli`: it trains through `seglab.cli.semantic.run_training`; no cli module imports this one
+except `seglab.cli.main`, when the demo command runs.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ import torch
 
 def run_demo(config_path: str, out: str, overrides: list[str] | None = None, num_overlays: int = 16) -> int:
     """Runs the demo config end to end; everything lands in `out`."""
-    from seglab.cli.main import _class_info, _jsonable, run_training
+    from seglab.cli.common import class_info, jsonable
+    from seglab.cli.semantic import run_training
     from seglab.config import load_config
     from seglab.engine.run import build_model, evaluate
     from seglab.metrics import format_table
@@ -29,7 +34,7 @@ def run_demo(config_path: str, out: str, overrides: list[str] | None = None, num
     # final weights are evaluated again here so that the table is what a user gets from `seglab eval`
     num_classes = config.model.num_classes or len(val_set.classes)
     model = build_model(config, num_classes, checkpoint=str(_final_checkpoint(out_dir)))
-    classes, palette = _class_info(val_set, num_classes)
+    classes, palette = class_info(val_set, num_classes)
     overlay_dir = out_dir / "overlays"
     overlay_dir.mkdir(parents=True, exist_ok=True)
     drawn = []
@@ -46,7 +51,7 @@ def run_demo(config_path: str, out: str, overrides: list[str] | None = None, num
     metrics = evaluate(model, val_set, config, num_classes, on_batch=draw,
                        confusion_png=out_dir / "confusion_matrix.png", class_names=classes)
     plot_training_curve(out_dir / "log.jsonl", out_dir / "training_curve.png")
-    (out_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))
     total = time.perf_counter() - start
     print(format_table(metrics, classes))
     print(f"[demo] mIoU {metrics['mIoU']:.4f} on {len(val_set)} validation images; "
