@@ -67,7 +67,7 @@ def _convert_and_load(library_model: nn.Module, source: str, model_name: str, tm
 def test_new_sources_are_registered():
     assert set(CONVERTERS["timm"]) == {"setr_", "segvit_", "segmenter_vit_", "upernet_swin_", "maskformer_swin_",
                                        "fcn_hrnetv2_"}
-    assert set(CONVERTERS["torchvision"]) == {"maskformer_r"}
+    assert set(CONVERTERS["torchvision"]) == {"maskformer_r", "mask_rcnn_"}
     with pytest.raises(ValueError, match="no 'torchvision' converter for model 'maskformer_swin_t'"):
         convert_checkpoint({}, "torchvision", "maskformer_swin_t")
     with pytest.raises(ValueError, match="no 'timm' converter for model 'segformer_b0'"):

@@ -30,6 +30,10 @@ from seglab.engine.trainer import Trainer
 from seglab.instance.bpr_dataset import load_bpr
 
 TASKS = ["semantic", "mask_rcnn", "bpr"]
+# the longest runs (Mask R-CNN's 6 s disk-full runs, the 15-27 s kills) run in `make test-all` (marker `slow`)
+SLOW_MASK_RCNN = ["semantic", pytest.param("mask_rcnn", marks=pytest.mark.slow), "bpr"]
+SLOW_BEYOND_SEMANTIC = ["semantic", pytest.param("mask_rcnn", marks=pytest.mark.slow),
+                        pytest.param("bpr", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +236,7 @@ def test_bad_steps_can_be_skipped_up_to_a_bound(task, tmp_path, monkeypatch):
         task.train(tmp_path / "over", iters=4, max_bad_losses=2)
 
 
+@pytest.mark.parametrize("task", SLOW_MASK_RCNN, indirect=True)
 @pytest.mark.parametrize("fail", ["weights", "state"])
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(task, tmp_path, monkeypatch, fail):
     work = tmp_path / "full"
@@ -304,6 +309,7 @@ def _wait(proc, condition, timeout=120.0):
     raise TimeoutError("training subprocess made no progress")
 
 
+@pytest.mark.parametrize("task", SLOW_BEYOND_SEMANTIC, indirect=True)
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(task, tmp_path):
     settings = {"iters": 8, "checkpoint_interval": 1, "keep_checkpoints": 2}
     reference = tmp_path / "reference"

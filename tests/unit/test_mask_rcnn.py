@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+import seglab
 from seglab.config import ScheduleConfig
 from seglab.data.coco_instances import CocoInstances, collate_instances
 from seglab.data.synthetic_instances import generate_shapes_instances
@@ -156,3 +157,26 @@ def test_evaluate_instances_perfect_detector(shapes):
     empty = evaluate_instances(GroundTruthDetector(data), data, iou_types=("segm",),
                                refine_masks=lambda image, masks: torch.zeros_like(masks))
     assert empty["segm_AP"] == pytest.approx(0.0)
+
+
+def test_torchvision_checkpoint_converts_and_loads_by_name(tmp_path):
+    """`seglab convert --source torchvision` takes a torchvision Mask R-CNN file (FrozenBatchNorm body, as the COCO
+    weights are); `create_model(name, checkpoint=...)` rebuilds it with its class count and detects as torchvision."""
+    import torchvision
+
+    from seglab.cli.main import main
+    from seglab.models.mask_rcnn import _freeze_bn
+
+    torch.manual_seed(0)
+    reference = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                                                   num_classes=5, min_size=64, max_size=96)
+    _freeze_bn(reference.backbone.body)
+    src, dst = tmp_path / "maskrcnn_coco.pth", tmp_path / "mask_rcnn.safetensors"
+    torch.save(reference.state_dict(), src)
+    assert main(["convert", "--source", "torchvision", "--model", "mask_rcnn_r50_fpn", str(src), str(dst)]) == 0
+    ours = seglab.create_model("mask_rcnn_r50_fpn", checkpoint=dst, min_size=64, max_size=96).eval()
+    assert ours.num_classes == 5
+    image = torch.rand(3, 70, 90, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs, mine = reference.eval()([image])[0], ours([image])[0]
+    assert all(torch.equal(theirs[k], mine[k]) for k in ("boxes", "labels", "scores"))

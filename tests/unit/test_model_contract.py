@@ -13,7 +13,8 @@ model gets these checks by being registered.
 
 Shapes are checked on the meta device (no memory, no compute) for every model; the real forward and the checkpoint
 round trip run on the CPU for models up to 70 M parameters, and for the larger ones on the family's smallest
-registered variant (same classes and builder, other sizes) to keep the fast tier fast.
+registered variant (same classes and builder, other sizes); the fast tier runs the smallest model of each builder
+up to 40 M parameters, `make test-all` all of them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from seglab.registry import get_entry
 NAMES = seglab.list_models()
 SIZE = (67, 91)
 REAL_LIMIT = 70e6
+FAST_LIMIT = 40e6
 
 
 def _meta_model(name: str):
@@ -86,10 +88,19 @@ def _smallest_of_family(name: str) -> str:
     return min(family, key=_param_count)
 
 
-REAL = sorted({_smallest_of_family(n) for n in NAMES})
+def _real_cases() -> list:
+    """Every model up to REAL_LIMIT parameters (a larger one: its family's smallest). The fast tier runs one model
+    per builder of at most FAST_LIMIT parameters; the rest run in `make test-all` (marker `slow`)."""
+    cases = sorted({_smallest_of_family(n) for n in NAMES})
+    fast = set()
+    for build in {get_entry(n).build for n in cases}:
+        smallest = min((n for n in cases if get_entry(n).build is build), key=_param_count)
+        if _param_count(smallest) <= FAST_LIMIT:
+            fast.add(smallest)
+    return [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in cases]
 
 
-@pytest.mark.parametrize("name", REAL)
+@pytest.mark.parametrize("name", _real_cases())
 def test_forward_and_checkpoint_round_trip(name, tmp_path):
     torch.manual_seed(0)
     model = seglab.create_model(name).eval()

@@ -33,13 +33,13 @@ def _format_ap(metrics: dict) -> str:
 def train(config, args, resume_changes=None) -> int:
     """`seglab train` for an instance run config."""
     from seglab.engine.instance import run_instance_training
-    from seglab.engine.trainer import NonFiniteLossError
+    from seglab.engine.trainer import CheckpointWriteError, NonFiniteLossError
 
     try:
         _, _, result = run_instance_training(config, resume=args.resume, progress=not args.no_progress,
                                              stop_at=args.stop_at, init_from=args.init_from,
                                              resume_changes=resume_changes)
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, CheckpointWriteError) as exc:
         print(f"seglab train: error: {exc}", file=sys.stderr)
         return 1
     if result.final_metrics is not None:

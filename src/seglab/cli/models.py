@@ -88,8 +88,13 @@ def cmd_info(args) -> int:
     entry = get_entry(args.name)
     model = create_model(args.name, num_classes=args.num_classes).eval()
     size = (args.height, args.width)
-    print(f"{args.name}: {entry.description}")
+    print(f"{args.name} ({entry.task}): {entry.description}")
     print(f"options: {dataclasses.asdict(resolve_options(args.name, {}))}")
+    if entry.task != "semantic":  # detections / patch refinement: no single-image logits to trace
+        print(f"params: {count_params(model) / 1e6:.3f} M" +
+              (f" (paper: {entry.published_params_m:.3f} M)" if entry.published_params_m else ""))
+        print(f"stage shapes and FLOPs are reported for semantic models; the task of {args.name} is {entry.task}")
+        return 0
     print(f"input (1, 3, {size[0]}, {size[1]})")
     for name, shape in stage_shapes(model, size):
         print(f"  {name:<24}{tuple(shape)}")
@@ -169,8 +174,11 @@ def cmd_convert(args) -> int:
 
 def cmd_export(args) -> int:
     from seglab.export.onnx import check_onnx, export_onnx
-    from seglab.registry import create_model
+    from seglab.registry import create_model, get_entry
 
+    task = get_entry(args.model).task
+    if task != "semantic":
+        raise ValueError(f"the task of {args.model} is {task}; ONNX export covers semantic models (images -> logits)")
     model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint).eval()
     path = export_onnx(model, args.out, height=args.height, width=args.width, opset=args.opset)
     print(f"wrote {path}")

@@ -42,6 +42,7 @@ from seglab.convert.bpr import convert_bpr_official
 from seglab.convert.common import ConversionResult, read_source
 from seglab.convert.cyclemlp import convert_cyclemlp_official
 from seglab.convert.hrnet import convert_hrnet_mmseg, convert_hrnet_official, convert_hrnet_timm_backbone
+from seglab.convert.mask_rcnn import convert_mask_rcnn_torchvision
 from seglab.convert.maskformer import convert_maskformer_hf, convert_maskformer_official
 from seglab.convert.segformer import convert_segformer_hf, convert_segformer_mmseg, convert_segformer_official
 from seglab.convert.segmenter import convert_segmenter_mmseg, convert_segmenter_official, convert_segmenter_timm
@@ -69,7 +70,7 @@ CONVERTERS: dict[str, dict[str, Converter]] = {
     "timm": {"setr_": convert_setr_official, "segvit_": convert_segvit_official,
              "segmenter_vit_": convert_segmenter_timm, "upernet_swin_": convert_upernet_swin_mmseg,
              "maskformer_swin_": convert_maskformer_official, "fcn_hrnetv2_": convert_hrnet_timm_backbone},
-    "torchvision": {"maskformer_r": convert_maskformer_official},
+    "torchvision": {"maskformer_r": convert_maskformer_official, "mask_rcnn_": convert_mask_rcnn_torchvision},
 }
 SOURCES = tuple(CONVERTERS)
 # model families whose converters take `img_size` (plain-ViT models with a learned position embedding)

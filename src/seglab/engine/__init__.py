@@ -1,0 +1,1 @@
+"""Running jobs: the shared run loop (`loop`) and its tasks (semantic `trainer`, Mask R-CNN `instance`, BPR `refine`), evaluation and the config-to-run glue (`run`), optimizers, distributed helpers."""

@@ -184,7 +184,7 @@ def evaluate(model: nn.Module, dataset, config: RunConfig, num_classes: int, dev
     ev = config.eval
     was_training = model.training
     model.eval()
-    align_corners = bool(getattr(getattr(model, "decode_head", None), "align_corners", False))
+    align_corners = model.align_corners
     for samples in _same_size_batches(dataset, config.data.val_batch_size):
         images = torch.stack([transform(s["image"])[0] for s in samples]).to(device)
         masks = torch.stack([s["mask"] for s in samples]).to(device)

@@ -191,9 +191,8 @@ class Trainer(RunLoop):
         if own_loss is not None:  # mask classification (SegViT, MaskFormer): the model's set loss
             return own_loss(outputs, masks, cfg.data.ignore_index)
         logits, aux_logits = outputs
-        align_corners = bool(getattr(getattr(self.model, "decode_head", None), "align_corners", False))
         return segmentation_loss(logits.float(), [a.float() for a in aux_logits], masks, self.class_weights,
-                                 cfg.loss.aux_weights, cfg.data.ignore_index, align_corners)
+                                 cfg.loss.aux_weights, cfg.data.ignore_index, self.model.align_corners)
 
     # ----------------------------------------------------------------------------------------- evaluation
     @property
