@@ -198,15 +198,10 @@ def _prediction_classes(config, from_config: bool, checkpoint: str | None, num_c
 
 
 def cmd_predict(args) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from seglab.config import load_config
-    from seglab.data.datasets import read_image
-    from seglab.engine.run import build_model, build_test_transform
-    from seglab.inference import predict
+    from seglab.config import load_config, test_pipeline
+    from seglab.engine.run import build_model
+    from seglab.hub.predictor import Predictor
     from seglab.registry import create_model
-    from seglab.tools.visualize import save_label_png, save_overlay_png
 
     if args.from_pretrained:
         if args.model or args.config or args.checkpoint or args.pretrained:
@@ -231,32 +226,31 @@ def cmd_predict(args) -> int:
         model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint)
     else:
         model = build_model(config, args.num_classes, checkpoint=args.checkpoint)
-    device = choose_device(args.device)
-    model = model.to(device).eval()
-    transform = build_test_transform(config)
     classes, palette = _prediction_classes(config, args.config is not None, args.checkpoint, model.num_classes)
-    files, others = collect_inputs(args.inputs)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     apply_inference_flags(config, args)
+    # the run config's pipeline (normalisation, test resize, whole / slide) and the classes found for the model
+    model.seglab_meta = {**test_pipeline(config), "classes": list(classes), "palette": [list(c) for c in palette]}
     ev = config.eval
-    align_corners = model.align_corners
+    predictor = Predictor(model, device=choose_device(args.device), flip=ev.flip, scales=tuple(ev.scales))
+    return write_predictions(predictor, args.inputs, Path(args.out))
+
+
+def write_predictions(predictor, inputs: list[str], out: Path) -> int:
+    """Runs `predictor` on every image of `inputs` (files or folders), writing `<stem>.png` (indexed labels) and
+    `<stem>_overlay.png` (with a legend) into `out`; reports skipped and unreadable files. Exit code 1 if none."""
+    from tqdm import tqdm
+
+    files, others = collect_inputs(inputs)
+    out.mkdir(parents=True, exist_ok=True)
     unreadable: list[tuple[Path, str]] = []
     written = 0
     for path in tqdm(files, desc="predict", unit="image", dynamic_ncols=True, disable=len(files) < 2):
         try:
-            image = read_image(path)  # uint8 (3, H, W)
+            result = predictor(path)
         except (OSError, ValueError) as exc:
             unreadable.append((path, one_line(str(exc))))
             continue
-        with torch.inference_mode():
-            probs = predict(model, transform(image)[0][None].to(device), mode=ev.mode, crop_size=ev.crop_size,
-                            stride=ev.stride, flip=ev.flip, scales=tuple(ev.scales),
-                            out_size=tuple(image.shape[-2:]), align_corners=align_corners)
-        labels = probs.argmax(1)[0].cpu().numpy()
-        save_label_png(out / f"{path.stem}.png", labels, palette)
-        save_overlay_png(out / f"{path.stem}_overlay.png", image.permute(1, 2, 0).numpy(), labels, palette,
-                         class_names=classes)
+        result.save(out, path.stem)
         written += 1
     print(f"wrote {written} label PNG(s) and overlay(s) to {out}")
     summary = skipped_summary(others, unreadable)
@@ -268,8 +262,6 @@ def cmd_predict(args) -> int:
 def _predict_pretrained(args) -> int:
     """predict with published weights by tag, or a folder / Hub repo written by save_pretrained: the weights'
     classes, palette, normalisation and test pipeline (whole or slide), unless the inference flags say otherwise."""
-    from tqdm import tqdm
-
     from seglab.hub.predictor import Predictor
     from seglab.hub.sharing import from_pretrained
 
@@ -288,23 +280,7 @@ def _predict_pretrained(args) -> int:
     print(f"{meta.get('weights') or model.model_name}: {len(t.classes)} classes, {t.mode} inference"
           + (f" (windows {t.crop_size}, stride {t.stride})" if t.mode == "slide" else "")
           + f", resize to {t.transform.scale or 'none'}, mean {list(t.transform.mean)}")
-    files, others = collect_inputs(args.inputs)
-    out = Path(args.out)
-    unreadable: list[tuple[Path, str]] = []
-    written = 0
-    for path in tqdm(files, desc="predict", unit="image", dynamic_ncols=True, disable=len(files) < 2):
-        try:
-            result = predictor(path)
-        except (OSError, ValueError) as exc:
-            unreadable.append((path, one_line(str(exc))))
-            continue
-        result.save(out, path.stem)
-        written += 1
-    print(f"wrote {written} label PNG(s) and overlay(s) to {out}")
-    summary = skipped_summary(others, unreadable)
-    if summary:
-        print(f"seglab predict: {summary}", file=sys.stderr)
-    return 0 if written else 1
+    return write_predictions(predictor, args.inputs, Path(args.out))
 
 
 # ---------------------------------------------------------------------------------------------------- parsers
