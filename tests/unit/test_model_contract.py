@@ -115,6 +115,7 @@ def test_forward_and_checkpoint_round_trip(name, tmp_path):
     path = tmp_path / f"{name}.safetensors"
     save_model(path, model)
     loaded = seglab.create_model(name, checkpoint=path).eval()
+    path.unlink()  # up to 1.2 GB for the ViT-L models: pytest keeps the temporary folders of the last runs
     ours, theirs = model.state_dict(), loaded.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
