@@ -1,5 +1,5 @@
-"""`seglab models / weights / push / info / convert / export`: the model catalogue, published weights, sharing,
-shapes and FLOPs, checkpoint conversion and ONNX export.
+"""`seglab models / weights / push / info / bench / convert / export`: the model catalogue, published weights,
+sharing, shapes and FLOPs, speed, checkpoint conversion and ONNX export.
 
 Torch-free at import: `seglab models` lists the catalogue without loading torch (unless --flops).
 """
@@ -7,6 +7,7 @@ Torch-free at import: `seglab models` lists the catalogue without loading torch 
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 
 from seglab.cli.common import CHECKPOINT_HELP, NUM_CLASSES_HELP
 
@@ -76,6 +77,24 @@ def cmd_push(args) -> int:
         url = model.push_to_hub(args.repo_id, private=args.private or None,
                                 **({"metrics": metrics} if metrics else {}))
         print(f"{args.checkpoint} -> {args.repo_id}: {url}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import json
+
+    import torch
+
+    from seglab.engine.bench import bench_model, format_bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = bench_model(args.name, size=(args.height, args.width), runs=args.runs, batch=args.batch,
+                         num_classes=args.num_classes)
+    print(format_bench(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -218,6 +237,17 @@ def add_parsers(sub) -> None:
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=512)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("bench", help="latency, throughput, memory, GFLOP/s and the predict pipeline of a model")
+    p.add_argument("name")
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--runs", type=int, default=10, help="timed repetitions (after warm-up)")
+    p.add_argument("--batch", type=int, default=4, help="batch size of the throughput measurement")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default torch's)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("convert", help="convert a foreign checkpoint to a seglab safetensors file")
     p.add_argument("--source", required=True, choices=("hf", "official", "mmseg", "timm", "torchvision"),
