@@ -116,3 +116,8 @@ train: {{checkpoint_interval: 2, log_interval: 1}}
     assert main(["predict", "--config", str(config), "--checkpoint", str(checkpoint), str(photo), "--out",
                  str(ours)]) == 0
     assert (np.asarray(Image.open(ours / "photo.png")) == np.asarray(Image.open(theirs / "photo.png"))).all()
+
+
+def test_push_needs_a_destination(tmp_path):
+    with pytest.raises(SystemExit, match="REPO_ID .* or --dir"):
+        main(["push", str(tmp_path / "best.safetensors")])

@@ -61,6 +61,8 @@ def cmd_weights(args) -> int:
 def cmd_push(args) -> int:
     from seglab.hub.pretrained import create_model as create_pretrained
 
+    if not args.repo_id and not args.dir:
+        raise SystemExit("seglab push: give a Hub REPO_ID (owner/name) to upload to, or --dir DIR to write the folder")
     model = create_pretrained(args.model, checkpoint=args.checkpoint) if args.model else None
     if model is None:
         from seglab.checkpoint import read_checkpoint_meta
