@@ -5,6 +5,7 @@ Every model that claims ONNX support goes in `ONNX_MODELS` and must pass the sam
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,3 +101,22 @@ def test_export_errors(tmp_path):
         check_onnx(model, tmp_path / "missing.onnx", sizes=[(32, 32)])
     with pytest.raises(TypeError, match=r"logits tensor \(B, K, h, w\)"):
         export_onnx(torch.nn.Flatten(), tmp_path / "flat.onnx", height=8, width=8)
+
+
+@pytest.mark.parametrize("name", ["segformer_b0", pytest.param("fcn_hrnetv2_w18s_v1", marks=pytest.mark.slow)])
+# align_corners False (SegFormer) and True (HRNet's default)
+def test_labels_in_the_graph(name, tmp_path):
+    """`labels=True` puts the resize to the input size and the argmax in the graph: int32 labels (B, H, W) equal to
+    eager PyTorch's at sizes the export never saw."""
+    model = _build(name, {})
+    path = export_onnx(model, tmp_path / f"{name}_labels.onnx", *EXPORT_SIZE, labels=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["labels"]
+    images = torch.randn(2, 3, 75, 93, generator=torch.Generator().manual_seed(3))
+    (labels,) = session.run(["labels"], {"images": images.numpy()})
+    assert labels.dtype == np.int32 and labels.shape == (2, 75, 93)
+    with torch.no_grad():
+        logits = torch.nn.functional.interpolate(model(images), size=(75, 93), mode="bilinear",
+                                                 align_corners=model.align_corners)
+    assert (labels == logits.argmax(1).numpy()).all()
+    assert check_onnx(model, path, sizes=[(61, 80), (97, 50)], batch=2) == 0.0

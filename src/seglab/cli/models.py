@@ -201,11 +201,12 @@ def cmd_export(args) -> int:
     if task != "semantic":
         raise ValueError(f"the task of {args.model} is {task}; ONNX export covers semantic models (images -> logits)")
     model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint).eval()
-    path = export_onnx(model, args.out, height=args.height, width=args.width, opset=args.opset)
+    path = export_onnx(model, args.out, height=args.height, width=args.width, opset=args.opset, labels=args.labels)
     print(f"wrote {path}")
     if args.check:
         diff = check_onnx(model, path, sizes=[(args.height, args.width), (args.height // 2 + 3, args.width - 5)])
-        print(f"onnxruntime vs PyTorch max abs diff: {diff:.2e}")
+        what = "pixels with another label" if args.labels else "max abs diff"
+        print(f"onnxruntime vs PyTorch {what}: {diff:.2e}")
     return 0
 
 
@@ -274,4 +275,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch at two sizes")
+    p.add_argument("--labels", action="store_true",
+                   help="put the resize to the input size and the argmax in the graph: int32 labels (B, H, W) out")
     p.set_defaults(func=cmd_export)

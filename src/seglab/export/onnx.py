@@ -1,7 +1,9 @@
 """ONNX export of `model(images) -> logits` with dynamic batch, height and width, and an onnxruntime parity check.
 
-Only the network is exported: resizing to the original image, sliding windows and test-time augmentation stay
-in `seglab.inference`, which works on an onnxruntime session's logits as well as on the eager model.
+By default only the network is exported: resizing to the original image, sliding windows and test-time
+augmentation stay in `seglab.inference`, which works on an onnxruntime session's logits as well as on the eager
+model. `labels=True` (`seglab export --labels`) adds the resize to the input size and the argmax to the graph
+(`LabelGraph`), so a whole-image deployment needs no post-processing: `labels` (B, H, W) int32 out.
 
 Two exporters of torch 2.14 are offered. The default (`dynamo=True`, `torch.export` based) traces shapes
 symbolically, so size arithmetic inside the model (padding to a multiple, token grids) stays symbolic. The
@@ -25,6 +27,23 @@ from seglab.checkpoint import atomic_write
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+LABELS_NAME = "labels"
+
+
+class LabelGraph(nn.Module):
+    """`model` with the post-processing in the graph: logits resized bilinearly to the input size (with the model's
+    `align_corners`) and the argmax over classes, as int32 (B, H, W): a deployment needs no post-processing."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.align_corners = bool(getattr(model, "align_corners", False))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.model(images)
+        logits = torch.nn.functional.interpolate(logits, size=images.shape[-2:], mode="bilinear",
+                                                 align_corners=self.align_corners)
+        return logits.argmax(1).to(torch.int32)
 
 
 def _example_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -51,6 +70,7 @@ def export_onnx(
     batch: int = 2,
     in_channels: int = 3,
     dynamo: bool = True,
+    labels: bool = False,
 ) -> Path:
     """Exports `model(images) -> logits` to an ONNX file with dynamic batch, height and width axes.
 
@@ -68,6 +88,8 @@ def export_onnx(
             embedding) as batch 1, and onnxruntime then fails at any other batch.
         in_channels: channels of the example input.
         dynamo: use the `torch.export`-based exporter; False uses the TorchScript tracer.
+        labels: put the resize to the input size and the argmax in the graph (`LabelGraph`): the output is
+            `labels` (B, H, W) int32 instead of `logits`.
 
     Returns:
         The path written.
@@ -80,13 +102,17 @@ def export_onnx(
     images = torch.randn(batch, in_channels, height, width, device=device, dtype=dtype)
     was_training = model.training
     model.eval()
+    output_name = OUTPUT_NAME
     try:
         with torch.no_grad():
             _example_logits(model, images)
+            network = model
+            if labels:
+                network, output_name = LabelGraph(model).eval(), LABELS_NAME
             if dynamo:
                 dim = torch.export.Dim.DYNAMIC
                 program = torch.onnx.export(
-                    model, (images,), None, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    network, (images,), None, dynamo=True, input_names=[INPUT_NAME], output_names=[output_name],
                     opset_version=opset, dynamic_shapes=({0: dim, 2: dim, 3: dim},), verbose=False,
                 )
                 _name_axes(program.model)
@@ -95,7 +121,8 @@ def export_onnx(
             else:
                 dynamic_axes = {
                     INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-                    OUTPUT_NAME: {0: "batch", 2: "logits_height", 3: "logits_width"},
+                    output_name: {0: "batch", 1 if labels else 2: "height" if labels else "logits_height",
+                                  2 if labels else 3: "width" if labels else "logits_width"},
                 }
 
                 def write(tmp: str) -> None:
@@ -103,8 +130,8 @@ def export_onnx(
                         warnings.filterwarnings("ignore", message=".*legacy TorchScript", category=DeprecationWarning)
                         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
                         torch.onnx.export(
-                            model, (images,), tmp, dynamo=False, input_names=[INPUT_NAME],
-                            output_names=[OUTPUT_NAME], opset_version=opset, dynamic_axes=dynamic_axes,
+                            network, (images,), tmp, dynamo=False, input_names=[INPUT_NAME],
+                            output_names=[output_name], opset_version=opset, dynamic_axes=dynamic_axes,
                         )
 
                 atomic_write(path, write)
@@ -157,7 +184,8 @@ def check_onnx(
         seed: seed of the random inputs.
 
     Returns:
-        The largest absolute difference between the two runtimes' logits over all sizes.
+        The largest absolute difference between the two runtimes' logits over all sizes; for a file exported with
+        `labels=True`, the largest fraction of pixels whose label differs.
     """
     try:
         import onnxruntime as ort
@@ -172,6 +200,8 @@ def check_onnx(
     input_names = [i.name for i in session.get_inputs()]
     if input_names != [INPUT_NAME]:
         raise ValueError(f"{path} has inputs {input_names}, expected [{INPUT_NAME!r}] (export with export_onnx)")
+    output = session.get_outputs()[0].name
+    labels = output == LABELS_NAME
     device, dtype = _model_device_dtype(model)
     generator = torch.Generator().manual_seed(seed)
     max_diff = 0.0
@@ -181,12 +211,14 @@ def check_onnx(
         for height, width in sizes:
             images = torch.randn(batch, in_channels, height, width, generator=generator, dtype=dtype)
             with torch.no_grad():
-                expected = _example_logits(model, images.to(device)).float().cpu().numpy()
-            (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+                eager = LabelGraph(model)(images.to(device)) if labels else _example_logits(model, images.to(device))
+            expected = eager.cpu().numpy() if labels else eager.float().cpu().numpy()
+            (got,) = session.run([output], {INPUT_NAME: images.numpy()})
             if got.shape != expected.shape:
-                raise ValueError(f"{path} at input {(batch, in_channels, height, width)} gives logits {got.shape}, "
+                raise ValueError(f"{path} at input {(batch, in_channels, height, width)} gives {output} {got.shape}, "
                                  f"eager PyTorch gives {expected.shape}: a shape was frozen at export")
-            max_diff = max(max_diff, float(np.abs(got.astype(np.float32) - expected).max()))
+            diff = float((got != expected).mean()) if labels else float(np.abs(got.astype(np.float32) - expected).max())
+            max_diff = max(max_diff, diff)
     finally:
         model.train(was_training)
     return max_diff
