@@ -161,3 +161,43 @@ class FakeHub:
                 return self._json(404, {"error": f"no route {path}"})
 
         return Handler
+
+
+def point_seglab_at(hub: FakeHub, tmp_path, monkeypatch) -> FakeHub:
+    """Empty seglab and Hugging Face caches under `tmp_path`, the Hub API and the mirrored URLs on `hub`, online."""
+    monkeypatch.setenv("SEGLAB_HOME", str(tmp_path / "seglab"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("SEGLAB_WEIGHTS_MIRROR", hub.url + "/mirror")
+    for name in ("HF_HUB_OFFLINE", "SEGLAB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    hub.requests.clear()
+    hub.faults.clear()
+    return hub
+
+
+def checkpoint_bytes(state: dict, file_name: str) -> bytes:
+    """A state dict as its publisher stores it under this name: safetensors, or `torch.save`."""
+    import io
+
+    import torch
+
+    if file_name.endswith(".safetensors"):
+        from safetensors.torch import save
+
+        return save({k: v.contiguous() for k, v in state.items()})
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def hf_segformer_b0_ade(file_name: str, seed: int) -> bytes:
+    """A transformers SegFormer-B0 for ADE20K (150 labels, the `nvidia/segformer-b0-finetuned-ade-512-512` config)
+    with random weights, in the format `file_name` names."""
+    import torch
+    import transformers
+
+    config = transformers.SegformerConfig(num_labels=150, hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2],
+                                          decoder_hidden_size=256, num_attention_heads=[1, 2, 5, 8])
+    torch.manual_seed(seed)
+    return checkpoint_bytes(transformers.SegformerForSemanticSegmentation(config).state_dict(), file_name)

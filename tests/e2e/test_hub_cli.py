@@ -4,12 +4,10 @@ back (`seglab predict --from-pretrained`, `seglab.from_pretrained`) with bit-exa
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
-from hubserver import FakeHub
+from hubserver import FakeHub, hf_segformer_b0_ade, point_seglab_at
 from PIL import Image
 
 import seglab
@@ -22,31 +20,15 @@ transformers = pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def server():
     hub = FakeHub().start()
-    config = transformers.SegformerConfig(num_labels=150, hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2],
-                                          decoder_hidden_size=256, num_attention_heads=[1, 2, 5, 8])
-    torch.manual_seed(5)
-    state = transformers.SegformerForSemanticSegmentation(config).state_dict()
     entry = find_weights("segformer_b0", "ade20k-512")
-    if entry.file_name.endswith(".safetensors"):
-        from safetensors.torch import save
-
-        data = save({k: v.contiguous() for k, v in state.items()})
-    else:
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        data = buf.getvalue()
-    hub.add_hub_file(entry.hub.repo, entry.hub.file, data)
+    hub.add_hub_file(entry.hub.repo, entry.hub.file, hf_segformer_b0_ade(entry.file_name, seed=5))
     yield hub
     hub.stop()
 
 
 @pytest.fixture
 def env(server, tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGLAB_HOME", str(tmp_path / "seglab"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return server
+    return point_seglab_at(server, tmp_path, monkeypatch)
 
 
 @pytest.fixture

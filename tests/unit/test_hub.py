@@ -10,7 +10,6 @@ call (no request, no conversion the second time), and every bad download must be
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import torch
-from hubserver import FakeHub
+from hubserver import FakeHub, checkpoint_bytes, hf_segformer_b0_ade, point_seglab_at
 
 import seglab
 from seglab import registry
@@ -122,15 +121,7 @@ def server():
 
 @pytest.fixture
 def env(server, tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGLAB_HOME", str(tmp_path / "seglab"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("SEGLAB_WEIGHTS_MIRROR", server.url + "/mirror")
-    for name in ("HF_HUB_OFFLINE", "SEGLAB_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
-    server.requests.clear()
-    server.faults.clear()
-    return server
+    return point_seglab_at(server, tmp_path, monkeypatch)
 
 
 def _url_path(entry) -> str:
@@ -155,29 +146,10 @@ def _with_rows(monkeypatch, *rows) -> None:
     monkeypatch.setattr(table_module, "load_table", lambda: dataclasses.replace(table, entries=entries))
 
 
-def _torch_bytes(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def _file_bytes(state: dict[str, torch.Tensor], file_name: str) -> bytes:
-    """A state dict as its publisher stores it under this name: safetensors, or `torch.save`."""
-    if file_name.endswith(".safetensors"):
-        from safetensors.torch import save
-
-        return save({k: v.contiguous() for k, v in state.items()})
-    return _torch_bytes(state)
-
-
 @pytest.fixture(scope="module")
 def segformer_file() -> bytes:
-    """An HF transformers SegFormer-B0 for ADE20K (150 labels), random weights, as `pytorch_model.bin`."""
-    config = transformers.SegformerConfig(num_labels=150, hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2],
-                                          decoder_hidden_size=256, num_attention_heads=[1, 2, 5, 8])
-    torch.manual_seed(1)
-    state = transformers.SegformerForSemanticSegmentation(config).state_dict()
-    return _file_bytes(state, find_weights("segformer_b0", "ade20k-512").file_name)
+    """An HF transformers SegFormer-B0 for ADE20K, random weights, in the format of the table's file."""
+    return hf_segformer_b0_ade(find_weights("segformer_b0", "ade20k-512").file_name, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +159,8 @@ def segnext_file() -> bytes:
     from test_segnext_convert import randomize, to_source
 
     state = to_source(randomize(registry.create_model("segnext_t", num_classes=150), seed=4).state_dict(), "mmseg")
-    return _torch_bytes({"meta": {"dataset_meta": {"classes": ["wall"] * 150}}, "state_dict": state})
+    checkpoint = {"meta": {"dataset_meta": {"classes": ["wall"] * 150}}, "state_dict": state}
+    return checkpoint_bytes(checkpoint, "segnext_mmseg.pth")
 
 
 def _outputs(model) -> torch.Tensor:
@@ -339,7 +312,7 @@ def test_imagenet_backbone_by_tag(env, tmp_path):
     entry = find_weights("segmenter_vit_t", "imagenet")
     model = timm.create_model(entry.hub.repo.split("/", 1)[1].split(".")[0] if entry.hub else "vit_tiny_patch16_384",
                               pretrained=False)
-    data = _file_bytes(model.state_dict(), entry.file_name)
+    data = checkpoint_bytes(model.state_dict(), entry.file_name)
     _serve(env, entry, data)
     ours = seglab.create_model("segmenter_vit_t", pretrained="imagenet", num_classes=4, progress=False)
     src = tmp_path / entry.file_name

@@ -182,6 +182,16 @@ def hub_cache_dir() -> str | None:
     return None  # huggingface_hub's own default
 
 
+def hub_download(repo: str, file: str, revision: str | None = None) -> Path:
+    """`huggingface_hub.hf_hub_download` with HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE / SEGLAB_OFFLINE and the cache
+    variables read now (huggingface_hub reads some of them once, when it is imported)."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo, file, revision=revision, cache_dir=hub_cache_dir(),
+                                endpoint=os.environ.get("HF_ENDPOINT") or None, local_files_only=is_offline(),
+                                token=os.environ.get("HF_TOKEN")))
+
+
 def _place_hint(entry: WeightsEntry, target: Path) -> str:
     return f"place {entry.file_name} (from {entry.location}) at {target}"
 
@@ -210,14 +220,12 @@ def fetch_source(entry: WeightsEntry, progress: bool = True) -> tuple[Path, str]
 
 
 def _fetch_hub(entry: WeightsEntry, target: Path, progress: bool) -> tuple[Path, str]:
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     hub, offline = entry.hub, is_offline()
     endpoint = os.environ.get("HF_ENDPOINT") or None
     try:
-        path = Path(hf_hub_download(hub.repo, hub.file, revision=hub.revision, cache_dir=hub_cache_dir(),
-                                    endpoint=endpoint, local_files_only=offline, token=os.environ.get("HF_TOKEN")))
+        path = hub_download(hub.repo, hub.file, hub.revision)
     except LocalEntryNotFoundError as exc:
         state = "offline (HF_HUB_OFFLINE / SEGLAB_OFFLINE)" if offline else f"cannot reach {endpoint or 'the Hub'}"
         raise WeightsDownloadError(f"{entry.name}: {state} and {hub.repo}/{hub.file} is not in the Hugging Face "

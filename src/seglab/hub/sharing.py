@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from torch import nn
 
 from seglab import registry
 from seglab.checkpoint import checkpoint_meta
+from seglab.hub.download import hub_download
 from seglab.pretrained_files import CONFIG_NAME, WEIGHTS_NAME
 
 
@@ -31,16 +31,6 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
-def _download(repo_id: str, filename: str, revision: str | None) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    from seglab.hub.download import hub_cache_dir, is_offline
-
-    return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=hub_cache_dir(),
-                                endpoint=os.environ.get("HF_ENDPOINT") or None, local_files_only=is_offline(),
-                                token=os.environ.get("HF_TOKEN")))
-
-
 def pretrained_files(source: str | Path, revision: str | None = None) -> tuple[dict[str, Any], Path]:
     """(`config.json` contents, path of `model.safetensors`) of a saved folder or a Hub repo id."""
     folder = Path(source)
@@ -54,8 +44,8 @@ def pretrained_files(source: str | Path, revision: str | None = None) -> tuple[d
         raise FileNotFoundError(f"{source}: neither a folder written by save_pretrained nor a Hub repo id "
                                 f"(owner/name)")
     else:
-        config_path = _download(str(source), CONFIG_NAME, revision)
-        weights = _download(str(source), WEIGHTS_NAME, revision)
+        config_path = hub_download(str(source), CONFIG_NAME, revision)
+        weights = hub_download(str(source), WEIGHTS_NAME, revision)
     config = json.loads(Path(config_path).read_text(encoding="utf-8"))
     if config.get("library") != "seglab" or "model" not in config:
         raise ValueError(f"{config_path}: not a seglab config.json (expected `library: seglab` and `model`)")
