@@ -74,3 +74,14 @@ def compare_segmentor(ours: nn.Module, ref: nn.Module, x: torch.Tensor, pair: st
     logits = ours(x)
     compare(logits, ref(x), pair=pair, tol=tol)
     return logits
+
+
+def timm_vit_features(reference, image, backbone):
+    """A timm ViT's intermediate outputs at `backbone.out_indices`, as seglab's `VisionTransformer` returns them: the
+    final norm applied to the last output only when the seglab backbone has one."""
+    indices = backbone.out_indices
+    expected = reference.forward_intermediates(image, indices=list(indices), norm=False, intermediates_only=True)
+    if backbone.norm is not None:
+        expected[-1] = reference.forward_intermediates(image, indices=[indices[-1]], norm=True,
+                                                       intermediates_only=True)[0]
+    return expected

@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from testkit import compare
+from testkit import compare, timm_vit_features
 from torch import nn
 
 from seglab import create_model
@@ -94,14 +94,10 @@ def test_timm_vit_as_segmenter_backbone(tmp_path):
     reference.load_state_dict(checkpoint_filter_fn(source.state_dict(), reference, interpolation="bicubic",
                                                    antialias=False), strict=True)
     image = torch.randn(1, 3, 160, 160, generator=torch.Generator().manual_seed(0))
-    indices = backbone.out_indices
-    expected = reference.forward_intermediates(image, indices=list(indices), norm=False, intermediates_only=True)
-    if backbone.norm is not None:  # the final norm applies to the last output only
-        expected[-1] = reference.forward_intermediates(image, indices=[indices[-1]], norm=True,
-                                                       intermediates_only=True)[0]
+    expected = timm_vit_features(reference, image, backbone)
     actual = backbone(image)
     assert len(actual) == len(expected)
-    for index, a, e in zip(indices, actual, expected, strict=True):
+    for index, a, e in zip(backbone.out_indices, actual, expected, strict=True):
         assert e.std() > 0.1
         compare(a, e, pair=f"segmenter/timm vit_tiny_patch16_384 block {index}")
 

@@ -23,7 +23,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from testkit import compare
+from testkit import compare, timm_vit_features
 from torch import nn
 
 from seglab.backbones.vit import VIT_CONFIGS, VisionTransformer
@@ -351,13 +351,9 @@ def test_imagenet_vit_converts_to_pretrained_backbone(timm_name, model_name, fil
                         partial(resample_abs_pos_embed, interpolation=mode, antialias=False))
     reference = _reference_at(source, timm_name, 320, mode, cls_token=backbone.with_cls_token)
     image = torch.randn(1, 3, 75, 93, generator=torch.Generator().manual_seed(5))
-    indices = backbone.out_indices
-    expected = reference.forward_intermediates(image, indices=list(indices), norm=False, intermediates_only=True)
-    if backbone.norm is not None:  # the final norm applies to the last output only
-        expected[-1] = reference.forward_intermediates(image, indices=[indices[-1]], norm=True,
-                                                       intermediates_only=True)[0]
+    expected = timm_vit_features(reference, image, backbone)
     actual = backbone(image)
     assert actual[0].shape[-2:] == (5, 6)
     family = model_name.split("_")[0]
-    _assert_close(actual, expected, f"{model_name} ({timm_name}, img_size 320) at 75x93", indices=indices,
+    _assert_close(actual, expected, f"{model_name} ({timm_name}, img_size 320) at 75x93", indices=backbone.out_indices,
                   pair=f"{family}/timm" + ("-npz" if file_format == "npz" else ""))
