@@ -11,12 +11,16 @@ mmsegmentation's `EncoderDecoder`:
   windows covering each pixel. An image smaller than the crop is a single window, so it equals whole mode.
 - test-time augmentation: every (scale, flip) pair is run on its own; its logits are resized once to the
   output size, softmaxed, flipped back, and the probabilities are averaged (mmseg's `aug_test`).
+
+Images of any size: `slide_labels` gives the class indices of slide inference without the (B, K, H, W)
+accumulator, and `resized_labels` the indices of logits resized to a large output without materialising them;
+both equal `argmax` of the plain forms exactly (same additions in the same order, same divisions).
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +107,34 @@ def whole_inference(
     return resize(_logits(model, images), size, align_corners=align_corners)
 
 
+def _window_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    boxes: list[tuple[int, int, int, int]],
+    window_batch: int,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Iterator[torch.Tensor]:
+    """Each window's (B, K, h, w) logits at the model's stride, in `boxes` order.
+
+    A forward pass takes `window_batch` consecutive windows (each carrying the B images). Callers resize each
+    window on its own (or a few classes at a time), which gives the values of resizing the whole batch.
+    """
+    batch = images.shape[0]
+    for start in range(0, len(boxes), window_batch):
+        chunk = boxes[start : start + window_batch]
+        crops = torch.cat([images[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])  # (n * B, C, win_h, win_w)
+        if preprocess is not None:
+            crops = preprocess(crops)
+        logits = _logits(model, crops)
+        for k in range(len(chunk)):
+            yield logits[k * batch : (k + 1) * batch]
+
+
+def _check_window_batch(window_batch: int) -> None:
+    if not isinstance(window_batch, int) or window_batch < 1:
+        raise ValueError(f"window_batch must be a positive int, got {window_batch!r}")
+
+
 def slide_inference(
     model: nn.Module,
     images: torch.Tensor,
@@ -113,6 +145,8 @@ def slide_inference(
 ) -> torch.Tensor:
     """Sliding-window logits at the input size: window logits summed and divided by the per-pixel count.
 
+    Holds a (B, K, H, W) float32 accumulator; `slide_labels` gives the same class indices without it.
+
     Args:
         model: returns (B, K, h, w) logits at any stride.
         images: normalised (B, C, H, W) float tensor.
@@ -122,26 +156,166 @@ def slide_inference(
         window_batch: windows per forward pass (each carrying the B images, so the batch is `window_batch * B`).
     """
     _check_images(images)
-    if not isinstance(window_batch, int) or window_batch < 1:
-        raise ValueError(f"window_batch must be a positive int, got {window_batch!r}")
+    _check_window_batch(window_batch)
     batch, _, height, width = images.shape
     boxes = slide_windows(height, width, crop_size, stride)
-    # every window has the same size: the crop, or the image side where the image is smaller
-    win_h, win_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
     total: torch.Tensor | None = None
     count = torch.zeros(height, width, dtype=torch.int32, device=images.device)
-    for start in range(0, len(boxes), window_batch):
-        chunk = boxes[start : start + window_batch]
-        crops = torch.cat([images[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])  # (n * B, C, win_h, win_w)
-        logits = resize(_logits(model, crops), (win_h, win_w), align_corners=align_corners)
+    window = (boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2])  # every window has this size
+    for (y1, y2, x1, x2), logits in zip(boxes, _window_logits(model, images, boxes, window_batch)):
+        logits = resize(logits, window, align_corners=align_corners)
         if total is None:
             dtype = torch.promote_types(logits.dtype, torch.float32)  # sum half-precision outputs in float32
             total = logits.new_zeros((batch, logits.shape[1], height, width), dtype=dtype)
-        for k, (y1, y2, x1, x2) in enumerate(chunk):
-            total[:, :, y1:y2, x1:x2] += logits[k * batch : (k + 1) * batch]
-            count[y1:y2, x1:x2] += 1
+        total[:, :, y1:y2, x1:x2] += logits
+        count[y1:y2, x1:x2] += 1
     assert total is not None  # slide_windows always returns at least one window
     return total / count.to(total.dtype)
+
+
+# streaming working sizes: float32 elements resized per pass, rows reduced per pass
+_PASS_ELEMENTS = 2**22
+_REDUCE_ROWS = 64
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    """The smallest integer dtype that holds class indices `0 .. num_classes - 1`."""
+    if num_classes <= 256:
+        return torch.uint8
+    return torch.int16 if num_classes <= 2**15 else torch.int64
+
+
+def _spans_count(spans: list[tuple[int, int]], length: int, device: torch.device) -> torch.Tensor:
+    """How many of the `(start, end)` spans cover each of `length` positions (int32)."""
+    count = torch.zeros(length, dtype=torch.int32, device=device)
+    for start, end in spans:
+        count[start:end] += 1
+    return count
+
+
+@torch.no_grad()
+def slide_labels(
+    model: nn.Module,
+    images: torch.Tensor,
+    crop_size: int | Sequence[int],
+    stride: int | Sequence[int],
+    align_corners: bool = False,
+    window_batch: int = 8,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    with_scores: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Class indices of sliding-window inference, streamed: equal to `slide_inference(...).argmax(1)`, without
+    its (B, K, H, W) accumulator.
+
+    Windows run in the same row-major order and forward batches as `slide_inference`, so every pixel sums the
+    same values in the same order. The float32 sums live in a window-sized band (the current window; the next
+    window of its row shares some of its columns) and a carry of the rows the next row of windows overlaps
+    (crop - stride rows x W; up to crop - 1 rows before a last row clamped to the border); a pixel is divided
+    by its window count and reduced to its argmax as soon as no later window touches it. The float buffers
+    stay under K x (crop x W + 3 crop x crop) values whatever H is, plus the (B, H, W) labels.
+
+    Args:
+        model: returns (B, K, h, w) logits at any stride.
+        images: (B, C, H, W); normalised floats, or anything `preprocess` turns into them (e.g. uint8 pixels, so
+            a huge image is never held in float32: each window batch is normalised on its own).
+        crop_size: window size, an int or (height, width).
+        stride: step between windows, an int or (height, width).
+        align_corners: `align_corners` of the bilinear resize of each window's logits to the window size.
+        window_batch: windows per forward pass.
+        preprocess: applied to each batch of cropped windows before the model (normalisation, device transfer).
+        with_scores: also return the top-1 softmax probability of the averaged logits, (B, H, W) float32.
+
+    Returns:
+        labels (B, H, W) in `label_dtype(K)` (uint8 up to 256 classes), and the scores when asked for.
+    """
+    if preprocess is None:
+        _check_images(images)
+    elif not isinstance(images, torch.Tensor) or images.ndim != 4 or min(images.shape) == 0:
+        raise ValueError(f"images must be a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+    _check_window_batch(window_batch)
+    batch, _, height, width = images.shape
+    boxes = slide_windows(height, width, crop_size, stride)
+    rows = list(dict.fromkeys((y1, y2) for y1, y2, _, _ in boxes))  # window rows, top to bottom
+    cols = list(dict.fromkeys((x1, x2) for _, _, x1, x2 in boxes))  # window columns, left to right
+    win_h, win_w = rows[0][1] - rows[0][0], cols[0][1] - cols[0][0]
+    carry_rows = max((rows[i][1] - rows[i + 1][0] for i in range(len(rows) - 1)), default=0)
+    windows = _window_logits(model, images, boxes, window_batch, preprocess)
+
+    labels = scores = carry = band = row_count = col_count = None
+    for i, (top, bottom) in enumerate(rows):
+        next_top = rows[i + 1][0] if i + 1 < len(rows) else bottom
+        final_rows = next_top - top  # rows [top, next_top) are finished by this row of windows
+        carried = rows[i - 1][1] - top if i > 0 else 0  # rows [top, top + carried) hold sums of earlier rows
+        for j, (left, right) in enumerate(cols):
+            logits = next(windows)
+            if labels is None:  # the first window tells the class count, dtype and device
+                num_classes, device = logits.shape[1], logits.device
+                dtype = torch.promote_types(logits.dtype, torch.float32)  # sum half-precision outputs in float32
+                labels = torch.empty((batch, height, width), dtype=label_dtype(num_classes), device=device)
+                scores = torch.empty((batch, height, width), device=device) if with_scores else None
+                carry = torch.zeros((batch, num_classes, carry_rows, width), dtype=dtype, device=device)
+                band = torch.empty((batch, num_classes, win_h, win_w), dtype=dtype, device=device)
+                row_count = _spans_count(rows, height, device)
+                col_count = _spans_count(cols, width, device)
+                classes_per_pass = max(1, _PASS_ELEMENTS // (batch * win_h * win_w))
+            # the band moves to this window's columns: columns the previous window left unfinished keep their
+            # sums (moved left in pieces no wider than the shift, so no piece overlaps its source), new columns
+            # start from the carried sums of the rows above (or zero)
+            kept = cols[j - 1][1] - left if j > 0 else 0
+            shift = win_w - kept
+            for x in range(0, kept, shift):
+                piece = min(shift, kept - x)
+                band[..., x : x + piece] = band[..., x + shift : x + shift + piece]
+            band[..., kept:] = 0
+            if carried:
+                band[:, :, :carried, kept:] = carry[:, :, :carried, left + kept : right]
+            # add the window's logits resized to the window, a few classes at a time (the values of resizing all)
+            for c in range(0, num_classes, classes_per_pass):
+                band[:, c : c + classes_per_pass] += resize(logits[:, c : c + classes_per_pass], (win_h, win_w),
+                                                            align_corners=align_corners)
+            # columns no later window of this row touches are finished: reduce the finished rows, carry the rest
+            done = (cols[j + 1][0] if j + 1 < len(cols) else right) - left
+            if not done:
+                continue
+            for y in range(0, final_rows, _REDUCE_ROWS):  # a few rows at a time: small temporaries
+                stop = min(y + _REDUCE_ROWS, final_rows)
+                count = (row_count[top + y : top + stop, None] * col_count[None, left : left + done]).to(dtype)
+                mean = band[:, :, y:stop, :done] / count
+                labels[:, top + y : top + stop, left : left + done] = mean.argmax(1).to(labels.dtype)
+                if scores is not None:
+                    scores[:, top + y : top + stop, left : left + done] = torch.softmax(mean, 1).amax(1)
+            if final_rows < win_h:
+                carry[:, :, : win_h - final_rows, left : left + done] = band[:, :, final_rows:, :done]
+    assert labels is not None  # slide_windows always returns at least one window
+    return (labels, scores) if with_scores else labels
+
+
+@torch.no_grad()
+def resized_labels(
+    logits: torch.Tensor, size: int | Sequence[int], align_corners: bool = False, max_bytes: int = 2**28
+) -> torch.Tensor:
+    """`resize(logits, size).argmax(1)` without the (B, K, H, W) resized logits: classes are resized a few at a
+    time (at most `max_bytes` of float32 per pass) and a running maximum keeps the first of equal values, as
+    `argmax` does.
+
+    Returns:
+        (B, H, W) class indices in `label_dtype(K)`.
+    """
+    height, width = _pair(size, "size")
+    batch, num_classes = logits.shape[:2]
+    per_pass = max(1, min(num_classes, max_bytes // max(4 * batch * height * width, 1)))
+    labels = best = None
+    for start in range(0, num_classes, per_pass):
+        part = resize(logits[:, start : start + per_pass], (height, width), align_corners=align_corners)
+        part_best, part_index = part.max(1)  # the first index among equal values
+        if labels is None:
+            best, labels = part_best, part_index.to(label_dtype(num_classes))
+            continue
+        better = part_best > best  # strictly: an earlier class keeps a tie
+        best = torch.where(better, part_best, best)
+        labels = torch.where(better, (part_index + start).to(labels.dtype), labels)
+    assert labels is not None
+    return labels
 
 
 def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:

@@ -129,7 +129,7 @@ def predict(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for path in collect_inputs(args.inputs)[0]:
-        image = read_image(path)
+        image = read_image(path, max_pixels=args.max_pixels)
         result = _keep(predict_instances(model, image.to(device)), args.score_thresh)
         _write_instances(out, path.stem, image, result, class_names)
         print(f"{path} -> {out / (path.stem + '.png')} ({len(result['scores'])} instances)")

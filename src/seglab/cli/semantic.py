@@ -231,13 +231,15 @@ def cmd_predict(args) -> int:
     # the run config's pipeline (normalisation, test resize, whole / slide) and the classes found for the model
     model.seglab_meta = {**test_pipeline(config), "classes": list(classes), "palette": [list(c) for c in palette]}
     ev = config.eval
-    predictor = Predictor(model, device=choose_device(args.device), flip=ev.flip, scales=tuple(ev.scales))
-    return write_predictions(predictor, args.inputs, Path(args.out))
+    predictor = Predictor(model, device=choose_device(args.device), flip=ev.flip, scales=tuple(ev.scales),
+                          max_pixels=args.max_pixels, window_batch=args.window_batch)
+    return write_predictions(predictor, args.inputs, Path(args.out), tiled=args.tiled)
 
 
-def write_predictions(predictor, inputs: list[str], out: Path) -> int:
-    """Runs `predictor` on every image of `inputs` (files or folders), writing `<stem>.png` (indexed labels) and
-    `<stem>_overlay.png` (with a legend) into `out`; reports skipped and unreadable files. Exit code 1 if none."""
+def write_predictions(predictor, inputs: list[str], out: Path, tiled: bool = False) -> int:
+    """Runs `predictor` on every image of `inputs` (files or folders), writing `<stem>.png` (indexed labels; with
+    `tiled` a tiled TIFF `<stem>.tif`) and `<stem>_overlay.png` (with a legend) into `out`; reports skipped and
+    unreadable files. Exit code 1 if none."""
     from tqdm import tqdm
 
     files, others = collect_inputs(inputs)
@@ -250,9 +252,9 @@ def write_predictions(predictor, inputs: list[str], out: Path) -> int:
         except (OSError, ValueError) as exc:
             unreadable.append((path, one_line(str(exc))))
             continue
-        result.save(out, path.stem)
+        result.save(out, path.stem, tiled=tiled)
         written += 1
-    print(f"wrote {written} label PNG(s) and overlay(s) to {out}")
+    print(f"wrote {written} label {'TIFF' if tiled else 'PNG'}(s) and overlay(s) to {out}")
     summary = skipped_summary(others, unreadable)
     if summary:
         print(f"seglab predict: {summary}", file=sys.stderr)
@@ -273,14 +275,15 @@ def _predict_pretrained(args) -> int:
         model = create_pretrained(args.model, num_classes=args.num_classes, pretrained=args.pretrained)
     flags = {"mode": args.mode, "crop_size": args.crop_size, "stride": args.stride}
     predictor = Predictor(model, device=choose_device(args.device), flip=bool(args.flip),
-                          scales=tuple(args.scales) if args.scales else (1.0,),
+                          scales=tuple(args.scales) if args.scales else (1.0,), max_pixels=args.max_pixels,
+                          window_batch=args.window_batch,
                           **{k: (tuple(v) if isinstance(v, list) else v) for k, v in flags.items() if v})
     meta = getattr(model, "seglab_meta", {})
     t = predictor
     print(f"{meta.get('weights') or model.model_name}: {len(t.classes)} classes, {t.mode} inference"
           + (f" (windows {t.crop_size}, stride {t.stride})" if t.mode == "slide" else "")
           + f", resize to {t.transform.scale or 'none'}, mean {list(t.transform.mean)}")
-    return write_predictions(predictor, args.inputs, Path(args.out))
+    return write_predictions(predictor, args.inputs, Path(args.out), tiled=args.tiled)
 
 
 # ---------------------------------------------------------------------------------------------------- parsers
@@ -328,6 +331,14 @@ def add_parsers(sub) -> None:
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder")
     add_inference_flags(p)
+    p.add_argument("--max-pixels", type=int, metavar="N",
+                   help="read images of up to N pixels (width x height), past PIL's decompression-bomb limit of "
+                        "179 M pixels; slide inference streams, so memory stays bounded at any size")
+    p.add_argument("--window-batch", type=int, default=8, metavar="N",
+                   help="slide windows per forward pass (default 8; fewer use less memory)")
+    p.add_argument("--tiled", action="store_true",
+                   help="write each label map as a tiled, compressed TIFF (<stem>.tif, with the palette) instead of "
+                        "a PNG: what GIS and slide viewers open for huge maps")
     p.add_argument("--score-thresh", type=float, default=0.5,
                    help="instance models: keep detections scoring at least this (default 0.5)")
     p.add_argument("--device")

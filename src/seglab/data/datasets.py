@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,7 +186,25 @@ IMAGE_CONVERSIONS = {
 }
 
 
-def read_image(path: str | Path, notes: set[str] | None = None) -> torch.Tensor:
+@contextmanager
+def _pixel_limit(max_pixels: int | None):
+    """PIL's decompression-bomb guard as it is (None), or switched off while an image of at most `max_pixels`
+    pixels (checked by the caller) is read. The guard is process-wide, so the switch is taken under a lock."""
+    if max_pixels is None:
+        yield
+        return
+    with _PIXEL_LIMIT_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+_PIXEL_LIMIT_LOCK = threading.Lock()
+
+
+def read_image(path: str | Path, notes: set[str] | None = None, max_pixels: int | None = None) -> torch.Tensor:
     """An image file as a uint8 RGB (3, H, W) tensor; `DatasetError` when it cannot be decoded.
 
     Grayscale images get their channel replicated, an alpha channel is dropped, 16-bit data is scaled to 8 bits
@@ -195,10 +215,16 @@ def read_image(path: str | Path, notes: set[str] | None = None) -> torch.Tensor:
         path: image file.
         notes: conversions already reported; a conversion in it is not reported again, and one reported now is
             added (a dataset passes its own set, so each kind of conversion is noted once).
+        max_pixels: read images of up to this many pixels (width x height), past PIL's decompression-bomb limit
+            (PIL refuses images over 2 x `Image.MAX_IMAGE_PIXELS`, 179 M pixels by default); larger ones are an
+            error. None keeps PIL's limit.
     """
     found: list[str] = []
     try:
-        with Image.open(path) as pil:
+        with _pixel_limit(max_pixels), Image.open(path) as pil:
+            if max_pixels is not None and pil.width * pil.height > max_pixels:
+                raise DatasetError(f"image {path} has {pil.width} x {pil.height} = {pil.width * pil.height} pixels, "
+                                   f"more than max_pixels={max_pixels}")
             if _is_sixteen_bit(pil):
                 found.append("16-bit")
             mode = pil.mode
@@ -217,6 +243,10 @@ def read_image(path: str | Path, notes: set[str] | None = None) -> torch.Tensor:
                 array = np.array(pil if mode == "RGB" else pil.convert("RGB"))
     except DatasetError:
         raise
+    except Image.DecompressionBombError as e:
+        raise DatasetError(f"image {path} is larger than PIL reads by default ({e}); to read it, allow its size: "
+                           f"`seglab predict --max-pixels N` or read_image(..., max_pixels=N), N >= width x height"
+                           ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise _decode_error("image", path, e) from None
     for kind in found:

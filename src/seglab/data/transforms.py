@@ -274,6 +274,10 @@ class TestTransform:
         self, image: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns the resized, normalised image and the untouched mask (`generator` is unused)."""
+        return self.normalize(self.resize(image)), mask
+
+    def resize(self, image: torch.Tensor) -> torch.Tensor:
+        """The resize steps only: the image keeps its dtype (uint8 stays uint8)."""
         if self.scale is not None:
             if self.keep_ratio:
                 size = rescale_size(image.shape[-2], image.shape[-1], self.scale)
@@ -283,4 +287,8 @@ class TestTransform:
         if self.size_divisor is not None:
             d = self.size_divisor
             image = resize_image(image, (math.ceil(image.shape[-2] / d) * d, math.ceil(image.shape[-1] / d) * d))
-        return normalize(image, self.mean, self.std), mask
+        return image
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """(image - mean) / std in float32, for (3, H, W) or (N, 3, H, W) pixels."""
+        return normalize(image, self.mean, self.std)

@@ -13,7 +13,11 @@ from torch import nn
 
 from seglab.data.transforms import TestTransform
 from seglab.hub.table import IMAGENET_MEAN, IMAGENET_STD
-from seglab.inference import predict
+from seglab.inference import predict, resized_labels, slide_inference, slide_labels
+
+# an overlay of a larger image is drawn at a reduced size (its long side OVERLAY_MAX_SIDE pixels)
+OVERLAY_MAX_PIXELS = 4096 * 4096
+OVERLAY_MAX_SIDE = 4096
 
 
 @dataclass
@@ -39,25 +43,40 @@ class Prediction:
                                             for c in np.unique(self.labels)])
         return picture
 
-    def save(self, out_dir: str | Path, stem: str = "prediction") -> tuple[Path, Path]:
-        """Writes `<stem>.png` (an indexed PNG of the labels) and `<stem>_overlay.png` into `out_dir`."""
+    def save(self, out_dir: str | Path, stem: str = "prediction", tiled: bool = False) -> tuple[Path, Path]:
+        """Writes the labels and `<stem>_overlay.png` into `out_dir`.
+
+        The labels are `<stem>.png` (an indexed PNG), or with `tiled` `<stem>.tif` (a tiled, compressed TIFF with
+        the palette, for huge maps). An image over `OVERLAY_MAX_PIXELS` gets its overlay at a reduced size.
+        """
         from seglab.tools.visualize import save_label_png, save_overlay_png
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        labels = save_label_png(out_dir / f"{stem}.png", self.labels, self.palette)
-        blended = save_overlay_png(out_dir / f"{stem}_overlay.png", self.image, self.labels, self.palette,
+        if tiled:
+            from seglab.tools.tiff import write_tiled_tiff
+
+            palette = self.palette if len(self.palette) <= 256 else None
+            labels = write_tiled_tiff(out_dir / f"{stem}.tif", self.labels, palette)
+        else:
+            labels = save_label_png(out_dir / f"{stem}.png", self.labels, self.palette)
+        image, label_map = self.image, self.labels
+        height, width = label_map.shape
+        if height * width > OVERLAY_MAX_PIXELS:  # nearest-neighbour preview: every k-th pixel
+            step = -(-max(height, width) // OVERLAY_MAX_SIDE)
+            image, label_map = image[::step, ::step], label_map[::step, ::step]
+        blended = save_overlay_png(out_dir / f"{stem}_overlay.png", image, label_map, self.palette,
                                    class_names=self.classes)
         return labels, blended
 
 
-def _as_tensor(image: Any) -> tuple[torch.Tensor, np.ndarray]:
+def _as_tensor(image: Any, max_pixels: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """An image as a uint8 (3, H, W) tensor and an (H, W, 3) array: a path, a PIL image, an (H, W, 3) uint8 array,
     or a (3, H, W) uint8 tensor."""
     from seglab.data.datasets import read_image
 
     if isinstance(image, (str, Path)):
-        tensor = read_image(image)
+        tensor = read_image(image, max_pixels=max_pixels)
     elif isinstance(image, torch.Tensor):
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"a tensor image must be uint8 (3, H, W), got {image.dtype} {tuple(image.shape)}")
@@ -82,12 +101,20 @@ class Predictor:
         device: `cpu`, `cuda`, ...; default CUDA when available.
         flip, scales: test-time augmentation (horizontal flip; image scales).
         mode, crop_size, stride: override the published whole / slide inference.
+        max_pixels: read image files of up to this many pixels, past PIL's decompression-bomb limit.
+        window_batch: slide windows per forward pass.
+
+    Without test-time augmentation, labels are computed without (K, H, W) maps at the image's size: slide
+    inference streams (`slide_labels`) and logits are resized to the image a few classes at a time
+    (`resized_labels`), so a 12000 x 12000 image with 150 classes fits in a few GB. The labels are the argmax of
+    the averaged logits, which is the argmax of `probabilities` (softmax keeps the order).
     """
 
     def __init__(self, model: str | nn.Module, pretrained: str | bool | None = None,
                  checkpoint: str | Path | None = None, device: str | torch.device | None = None, flip: bool = False,
                  scales: tuple[float, ...] = (1.0,), mode: str | None = None,
-                 crop_size: tuple[int, int] | None = None, stride: tuple[int, int] | None = None) -> None:
+                 crop_size: tuple[int, int] | None = None, stride: tuple[int, int] | None = None,
+                 max_pixels: int | None = None, window_batch: int = 8) -> None:
         from seglab.hub.pretrained import create_model
         from seglab.hub.sharing import checkpoint_info
 
@@ -109,6 +136,7 @@ class Predictor:
         if self.mode == "slide" and not (self.crop_size and self.stride):
             raise ValueError("slide inference needs crop_size and stride")
         self.flip, self.scales = flip, tuple(scales)
+        self.max_pixels, self.window_batch = max_pixels, window_batch
         from seglab.palette import make_palette
 
         num_classes = model.num_classes
@@ -127,7 +155,7 @@ class Predictor:
 
     def probabilities(self, image: Any) -> torch.Tensor:
         """(K, H, W) class probabilities at the image's size."""
-        tensor, _ = _as_tensor(image)
+        tensor, _ = _as_tensor(image, self.max_pixels)
         return self._probs(tensor)
 
     def _probs(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -136,10 +164,32 @@ class Predictor:
         with torch.inference_mode():
             probs = predict(self.model, x, mode=self.mode, crop_size=self.crop_size, stride=self.stride,
                             flip=self.flip, scales=self.scales, out_size=tuple(tensor.shape[-2:]),
-                            align_corners=align_corners)
+                            align_corners=align_corners, window_batch=self.window_batch)
         return probs[0].cpu()
 
+    def _labels(self, tensor: torch.Tensor) -> torch.Tensor:
+        """(H, W) class indices at the image's size, without (K, H, W) maps unless test-time augmentation is on."""
+        if self.flip or self.scales != (1.0,):
+            return self._probs(tensor).argmax(0)
+        image = self.transform.resize(tensor)[None]  # uint8 until each window (or the whole image) is normalised
+        size, align_corners = tuple(tensor.shape[-2:]), self.model.align_corners
+
+        def prepare(pixels: torch.Tensor) -> torch.Tensor:
+            return self.transform.normalize(pixels).to(self.device)
+
+        with torch.inference_mode():
+            if self.mode == "slide" and tuple(image.shape[-2:]) == size:
+                labels = slide_labels(self.model, image, self.crop_size, self.stride, align_corners,
+                                      self.window_batch, preprocess=prepare)
+            elif self.mode == "slide":
+                logits = slide_inference(self.model, prepare(image), self.crop_size, self.stride, align_corners,
+                                         self.window_batch)
+                labels = resized_labels(logits, size, align_corners)
+            else:
+                labels = resized_labels(self.model(prepare(image)), size, align_corners)
+        return labels[0].cpu()
+
     def __call__(self, image: Any) -> Prediction:
-        tensor, array = _as_tensor(image)
-        labels = self._probs(tensor).argmax(0).numpy()
+        tensor, array = _as_tensor(image, self.max_pixels)
+        labels = self._labels(tensor).numpy()
         return Prediction(labels=labels, image=array, classes=self.classes, palette=self.palette)

@@ -1,0 +1,57 @@
+"""`seglab predict` on a large image with a 150-class model: streamed slide inference keeps the peak memory of
+the process far under the (K, H, W) float32 accumulator of plain slide inference, and writes a tiled TIFF."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import seglab
+from seglab.checkpoint import save_model
+
+# the child's own high-water mark (/proc VmHWM, reset at exec): ru_maxrss would include the pytest process it was
+# forked from
+_REPORT_PEAK = ("import atexit, sys\n"
+                "def report():\n"
+                "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+                "    print('VmHWM_KIB', hwm, file=sys.stderr)\n"
+                "atexit.register(report)\n"
+                "from seglab.cli.main import main\n"
+                "sys.exit(main(sys.argv[1:]))\n")
+
+
+def peak_rss_bytes(args: list[str]) -> tuple[int, str]:
+    """Runs `seglab ARGS` in a fresh python; its output and the peak resident memory of that process."""
+    proc = subprocess.run([sys.executable, "-c", _REPORT_PEAK, *args], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    peak = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("VmHWM_KIB")]
+    return int(peak[-1]) * 1024, proc.stdout
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak memory from /proc (Linux)")
+def test_predict_a_large_image_in_bounded_memory(tmp_path):
+    height, width, num_classes = 2400, 3000, 150
+    yy, xx = np.mgrid[:height, :width]
+    image = np.stack([(xx // 7) % 256, (yy // 5) % 256, ((xx + yy) // 11) % 256], -1).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "big.png")
+    torch_model = seglab.create_model("segformer_b0", num_classes=num_classes)
+    save_model(tmp_path / "b0.safetensors", torch_model)
+    argv = ["predict", "--model", "segformer_b0", "--num-classes",
+            str(num_classes), "--checkpoint", str(tmp_path / "b0.safetensors"), "--mode", "slide", "--crop-size",
+            "256", "256", "--stride", "192", "192", "--max-pixels", str(height * width), "--tiled",
+            "--out", str(tmp_path / "out"), str(tmp_path / "big.png")]
+    peak, output = peak_rss_bytes(argv)
+    accumulator = num_classes * height * width * 4  # plain slide inference's float32 sum: 4.3 GB
+    # the process (python, torch, the model: about 0.9 GiB) plus a carry of at most 255 x 3000 x 150 floats
+    assert peak < accumulator / 2, f"peak RSS {peak / 2**30:.2f} GiB\n{output}"
+    with Image.open(tmp_path / "out" / "big.tif") as tif:
+        assert tif.mode == "P" and tif.size == (width, height)
+        labels = np.asarray(tif)
+    assert labels.max() < num_classes and len(np.unique(labels)) > 1
+    with Image.open(tmp_path / "out" / "big_overlay.png") as overlay:
+        assert overlay.height == height  # under the preview limit: full size (plus the legend to the right)
