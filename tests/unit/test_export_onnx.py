@@ -1,6 +1,7 @@
 """ONNX export: dynamic batch/height/width, parity with eager PyTorch at sizes other than the export size.
 
-Every model that claims ONNX support goes in `ONNX_MODELS` and must pass the same test.
+Every registered configuration but the instance models (Mask R-CNN: a data-dependent number of detections, see
+docs/export.md) is in `EXPORT_MODELS` and must pass the same test; `test_every_configuration_is_exported` keeps it so.
 """
 
 from __future__ import annotations
@@ -8,46 +9,30 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from export_configs import EXPORT_MODELS, EXPORT_SIZE, FAST_EXPORT_MODELS
+from export_configs import build_model as _build
 
 import seglab
-from seglab.export.onnx import check_onnx, export_onnx
+from seglab.export.onnx import check_onnx, export_onnx, graph_inputs
 
 ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.onnx
 
-# (model name, constructor overrides); export at EXPORT_SIZE, checked at CHECK_SIZES (batch, (height, width))
-ONNX_MODELS: list[tuple[str, dict]] = [
-    ("segformer_b0", {}),
-    ("segnext_t", {}),
-    ("fcn_hrnetv2_w18s_v1", {}),
-    ("upernet_swin_t", {}),  # exports in about a minute: the shifted-window index arithmetic is symbolic
-    ("fpn_cyclemlp_b1", {}),
-    ("upernet_asmlp_t", {}),
-    # plain ViT: ViT-T encoders trained for 32 px (a 2 x 2 grid), so the position embedding is resampled at every
-    # checked size; the heads are the published ones
-    ("setr_naive_vit_l", {"vit": "t", "layers": (2, 5, 8, 11), "img_size": 32}),
-    ("setr_pup_vit_l", {"vit": "t", "layers": (2, 5, 8, 11), "img_size": 32}),
-    ("setr_mla_vit_l", {"vit": "t", "layers": (2, 5, 8, 11), "img_size": 32}),
-    ("segvit_vit_b", {"vit": "t", "out_indices": (5, 7, 11), "img_size": 32}),
-    ("segvit_shrunk_vit_l", {"vit": "t", "out_indices": (3, 11), "shrink_index": 4, "img_size": 32}),
-    ("segmenter_vit_t", {"img_size": 32}),
-    ("segmenter_vit_s_linear", {"img_size": 32}),
-    ("maskformer_r50", {}),  # the semantic path: softmax(class)[..., :-1] x sigmoid(mask), summed over queries
-]
-# exported in the fast tier; the others (10-100 s each to export) run in `make test-all`
-FAST_ONNX_MODELS = ("segformer_b0", "fcn_hrnetv2_w18s_v1", "segmenter_vit_t", "segmenter_vit_s_linear")
-EXPORT_SIZE = (64, 64)
 CHECK_SIZES = [(2, (64, 96)), (1, (77, 50))]
 TOLERANCE = 1e-4
 
 
-def _build(name: str, overrides: dict) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return seglab.create_model(name, num_classes=6, **overrides).eval()
+def test_every_configuration_is_exported():
+    """A new semantic or refinement model must join `EXPORT_MODELS` (and so pass the parity test)."""
+    exported = {name for name, _ in EXPORT_MODELS}
+    assert len(exported) == len(EXPORT_MODELS)  # each configuration once
+    expected = set(seglab.list_models(task="semantic")) | set(seglab.list_models(task="refine"))
+    assert exported == expected, (f"missing: {sorted(expected - exported)}, "
+                                  f"not registered: {sorted(exported - expected)}")
 
 
 @pytest.fixture(scope="module", params=[
-    pytest.param(m, id=m[0], marks=() if m[0] in FAST_ONNX_MODELS else pytest.mark.slow) for m in ONNX_MODELS])
+    pytest.param(m, id=m[0], marks=() if m[0] in FAST_EXPORT_MODELS else pytest.mark.slow) for m in EXPORT_MODELS])
 def exported(request, tmp_path_factory):
     name, overrides = request.param
     model = _build(name, overrides)
@@ -66,12 +51,15 @@ def test_onnx_parity_at_other_sizes(exported):
 def test_onnx_graph_names_and_dynamic_axes(exported):
     model, path = exported
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (inp,), (out,) = session.get_inputs(), session.get_outputs()
-    assert inp.name == "images" and out.name == "logits"
-    assert inp.shape[1] == 3 and all(isinstance(d, str) for d in (inp.shape[0], inp.shape[2], inp.shape[3]))
-    (logits,) = session.run(None, {"images": torch.randn(3, 3, 45, 61).numpy()})
+    (out,) = session.get_outputs()
+    expected = graph_inputs(model)  # (images, 3), or BPR's (image, 3), (mask, 1)
+    assert [(i.name, i.shape[1]) for i in session.get_inputs()] == list(expected) and out.name == "logits"
+    for inp in session.get_inputs():
+        assert all(isinstance(d, str) for d in (inp.shape[0], inp.shape[2], inp.shape[3]))
+    inputs = [torch.randn(3, channels, 45, 61) for _, channels in expected]
+    (logits,) = session.run(None, {name: t.numpy() for (name, _), t in zip(expected, inputs)})
     with torch.no_grad():
-        assert logits.shape == tuple(model(torch.randn(3, 3, 45, 61)).shape)
+        assert logits.shape == tuple(model(*inputs).shape)
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # atomic write: no temporary file left behind
 
 

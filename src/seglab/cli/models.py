@@ -91,6 +91,19 @@ def cmd_bench(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compare:
+        from seglab.engine.bench import compare_peer, format_compare
+
+        try:
+            result = compare_peer(args.name, size=(args.height, args.width), runs=args.runs,
+                                  num_classes=args.num_classes or 150)
+        except LookupError as exc:
+            raise SystemExit(f"bench --compare: {exc}") from None
+        print(format_compare(result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+            print(f"wrote {args.json}")
+        return 0
     result = bench_model(args.name, size=(args.height, args.width), runs=args.runs, batch=args.batch,
                          num_classes=args.num_classes)
     print(format_bench(result))
@@ -198,15 +211,29 @@ def cmd_export(args) -> int:
     from seglab.registry import create_model, get_entry
 
     task = get_entry(args.model).task
-    if task != "semantic":
-        raise ValueError(f"the task of {args.model} is {task}; ONNX export covers semantic models (images -> logits)")
+    if task == "instance":
+        raise ValueError(f"the task of {args.model} is {task}; ONNX export covers semantic models (images -> logits) "
+                         f"and BPR (image, mask -> logits): a detector's output count depends on the data "
+                         f"(see docs/export.md)")
     model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint).eval()
-    path = export_onnx(model, args.out, height=args.height, width=args.width, opset=args.opset, labels=args.labels)
-    print(f"wrote {path}")
+    program = (args.format or ("pt2" if args.out.endswith(".pt2") else "onnx")) == "pt2"
+    if program:
+        from seglab.export.program import check_program, export_program, program_input_ranges
+
+        path = export_program(model, args.out, height=args.height, width=args.width, labels=args.labels)
+        ranges = ", ".join(f"{k} {lo}..{hi or ''}" for k, (lo, hi) in program_input_ranges(path).items())
+        print(f"wrote {path} (torch.export program; dynamic sizes accepted: {ranges})")
+    else:
+        path = export_onnx(model, args.out, height=args.height, width=args.width, opset=args.opset,
+                           labels=args.labels)
+        print(f"wrote {path}")
     if args.check:
-        diff = check_onnx(model, path, sizes=[(args.height, args.width), (args.height // 2 + 3, args.width - 5)])
+        if program:  # larger, not smaller: a program keeps the minimum sizes its tracer assumed
+            diff = check_program(model, path, sizes=[(args.height, args.width), (args.height + 17, args.width + 29)])
+        else:
+            diff = check_onnx(model, path, sizes=[(args.height, args.width), (args.height // 2 + 3, args.width - 5)])
         what = "pixels with another label" if args.labels else "max abs diff"
-        print(f"onnxruntime vs PyTorch {what}: {diff:.2e}")
+        print(f"{'torch.export program' if program else 'onnxruntime'} vs PyTorch {what}: {diff:.2e}")
     return 0
 
 
@@ -249,6 +276,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch", type=int, default=4, help="batch size of the throughput measurement")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default torch's)")
     p.add_argument("--num-classes", type=int)
+    p.add_argument("--compare", action="store_true",
+                   help="time the same model in a peer library (transformers) with the same weights, interleaved, "
+                        "and print the ratio and the output difference")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(func=cmd_bench)
 
@@ -266,7 +296,8 @@ def add_parsers(sub) -> None:
     p.add_argument("dst")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("export", help="export a model to ONNX (dynamic batch, height, width)")
+    p = sub.add_parser("export", help="export a model to ONNX or a torch.export program (dynamic batch, height, "
+                                      "width)")
     p.add_argument("--model", required=True)
     p.add_argument("--num-classes", type=int, help=NUM_CLASSES_HELP)
     p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
@@ -274,7 +305,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch at two sizes")
+    p.add_argument("--format", choices=("onnx", "pt2"),
+                   help="onnx (default) or pt2, a torch.export program; default from the --out suffix")
+    p.add_argument("--check", action="store_true",
+                   help="compare the exported file (onnxruntime / the loaded program) with PyTorch at two sizes")
     p.add_argument("--labels", action="store_true",
                    help="put the resize to the input size and the argmax in the graph: int32 labels (B, H, W) out")
     p.set_defaults(func=cmd_export)

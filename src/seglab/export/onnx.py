@@ -28,6 +28,36 @@ from seglab.checkpoint import atomic_write
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 LABELS_NAME = "labels"
+# BPR (task `refine`) takes a boundary patch and its coarse mask: two inputs of the same size
+REFINE_INPUTS = (("image", 3), ("mask", 1))
+
+
+def graph_inputs(model: nn.Module, in_channels: int = 3) -> tuple[tuple[str, int], ...]:
+    """The exported graph's inputs as (name, channels): `images` for semantic models, `image` and `mask` for BPR."""
+    from seglab.registry import get_entry
+
+    name = getattr(model, "model_name", None)
+    try:
+        task = get_entry(name).task if name else "semantic"
+    except (KeyError, ValueError):
+        task = "semantic"
+    if task == "instance":
+        raise ValueError(f"{name} is an instance model (detections of data-dependent count, with NMS); ONNX export "
+                         f"covers semantic models (images -> logits) and BPR (image, mask -> logits)")
+    return REFINE_INPUTS if task == "refine" else ((INPUT_NAME, in_channels),)
+
+
+def example_inputs(inputs: Sequence[tuple[str, int]], batch: int, height: int, width: int,
+                    generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+                    ) -> list[torch.Tensor]:
+    """Random inputs: N(0, 1) images, and a binary mask for BPR's `mask`."""
+    tensors = []
+    for name, channels in inputs:
+        if name == "mask":
+            tensors.append((torch.rand(batch, channels, height, width, generator=generator) > 0.5).to(dtype))
+        else:
+            tensors.append(torch.randn(batch, channels, height, width, generator=generator, dtype=dtype))
+    return tensors
 
 
 class LabelGraph(nn.Module):
@@ -46,15 +76,15 @@ class LabelGraph(nn.Module):
         return logits.argmax(1).to(torch.int32)
 
 
-def _example_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    out = model(images)
+def _example_logits(model: nn.Module, *images: torch.Tensor) -> torch.Tensor:
+    out = model(*images)
     if not isinstance(out, torch.Tensor) or out.ndim != 4:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise TypeError(f"ONNX export needs model(images) to return a logits tensor (B, K, h, w), got {got}")
     return out
 
 
-def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     param = next(model.parameters(), None)
     if param is None:
         return torch.device("cpu"), torch.float32
@@ -98,29 +128,35 @@ def export_onnx(
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     path = Path(path)
-    device, dtype = _model_device_dtype(model)
-    images = torch.randn(batch, in_channels, height, width, device=device, dtype=dtype)
+    device, dtype = model_device_dtype(model)
+    inputs = graph_inputs(model, in_channels)
+    if labels and len(inputs) > 1:
+        raise ValueError("labels=True puts the resize and argmax of a semantic model in the graph; BPR's output is "
+                         "refined at patch level, export it without labels")
+    images = tuple(t.to(device) for t in example_inputs(inputs, batch, height, width, dtype=dtype))
+    input_names = [name for name, _ in inputs]
     was_training = model.training
     model.eval()
     output_name = OUTPUT_NAME
     try:
         with torch.no_grad():
-            _example_logits(model, images)
+            _example_logits(model, *images)
             network = model
             if labels:
                 network, output_name = LabelGraph(model).eval(), LABELS_NAME
             if dynamo:
                 dim = torch.export.Dim.DYNAMIC
                 program = torch.onnx.export(
-                    network, (images,), None, dynamo=True, input_names=[INPUT_NAME], output_names=[output_name],
-                    opset_version=opset, dynamic_shapes=({0: dim, 2: dim, 3: dim},), verbose=False,
+                    network, images, None, dynamo=True, input_names=input_names, output_names=[output_name],
+                    opset_version=opset, dynamic_shapes=tuple({0: dim, 2: dim, 3: dim} for _ in images),
+                    verbose=False,
                 )
                 _name_axes(program.model)
                 # one self-contained file, so that the atomic rename moves everything
                 atomic_write(path, lambda tmp: program.save(tmp, external_data=False))
             else:
                 dynamic_axes = {
-                    INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                    **{name: {0: "batch", 2: "height", 3: "width"} for name in input_names},
                     output_name: {0: "batch", 1 if labels else 2: "height" if labels else "logits_height",
                                   2 if labels else 3: "width" if labels else "logits_width"},
                 }
@@ -130,7 +166,7 @@ def export_onnx(
                         warnings.filterwarnings("ignore", message=".*legacy TorchScript", category=DeprecationWarning)
                         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
                         torch.onnx.export(
-                            network, (images,), tmp, dynamo=False, input_names=[INPUT_NAME],
+                            network, images, tmp, dynamo=False, input_names=input_names,
                             output_names=[output_name], opset_version=opset, dynamic_axes=dynamic_axes,
                         )
 
@@ -184,8 +220,8 @@ def check_onnx(
         seed: seed of the random inputs.
 
     Returns:
-        The largest absolute difference between the two runtimes' logits over all sizes; for a file exported with
-        `labels=True`, the largest fraction of pixels whose label differs.
+        The largest absolute difference between the two runtimes' logits over all sizes (inf where either gives a
+        NaN); for a file exported with `labels=True`, the largest fraction of pixels whose label differs.
     """
     try:
         import onnxruntime as ort
@@ -198,26 +234,31 @@ def check_onnx(
         raise ValueError("sizes must list at least one (height, width) to compare at")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     input_names = [i.name for i in session.get_inputs()]
-    if input_names != [INPUT_NAME]:
-        raise ValueError(f"{path} has inputs {input_names}, expected [{INPUT_NAME!r}] (export with export_onnx)")
+    inputs = graph_inputs(model, in_channels)
+    if input_names != [name for name, _ in inputs]:
+        raise ValueError(f"{path} has inputs {input_names}, expected {[name for name, _ in inputs]} for "
+                         f"{getattr(model, 'model_name', type(model).__name__)} (export with export_onnx)")
     output = session.get_outputs()[0].name
     labels = output == LABELS_NAME
-    device, dtype = _model_device_dtype(model)
+    device, dtype = model_device_dtype(model)
     generator = torch.Generator().manual_seed(seed)
     max_diff = 0.0
     was_training = model.training
     model.eval()
     try:
         for height, width in sizes:
-            images = torch.randn(batch, in_channels, height, width, generator=generator, dtype=dtype)
+            images = example_inputs(inputs, batch, height, width, generator=generator, dtype=dtype)
+            on_device = [t.to(device) for t in images]
             with torch.no_grad():
-                eager = LabelGraph(model)(images.to(device)) if labels else _example_logits(model, images.to(device))
+                eager = LabelGraph(model)(*on_device) if labels else _example_logits(model, *on_device)
             expected = eager.cpu().numpy() if labels else eager.float().cpu().numpy()
-            (got,) = session.run([output], {INPUT_NAME: images.numpy()})
+            (got,) = session.run([output], {name: t.numpy() for name, t in zip(input_names, images, strict=True)})
             if got.shape != expected.shape:
                 raise ValueError(f"{path} at input {(batch, in_channels, height, width)} gives {output} {got.shape}, "
                                  f"eager PyTorch gives {expected.shape}: a shape was frozen at export")
             diff = float((got != expected).mean()) if labels else float(np.abs(got.astype(np.float32) - expected).max())
+            if np.isnan(diff):  # a NaN on either side is no parity (and `max` would skip it)
+                diff = float("inf")
             max_diff = max(max_diff, diff)
     finally:
         model.train(was_training)
