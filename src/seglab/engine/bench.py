@@ -4,8 +4,10 @@ For one model at one input size: the median and p90 latency of a batch-1 forward
 mode), the throughput at a larger batch, the process's peak resident memory, the model's multiply-adds
 (`seglab.tools.flops`, the papers' GFLOPs) turned into achieved GFLOP/s and set against a float32 matmul ceiling
 measured in the same process, and the `seglab predict` pipeline split into decode (PNG -> uint8), preprocess
-(resize + normalise), model and postprocess (resize to the image + argmax + writing the indexed PNG). Timings vary
-between processes and machines; the figures are for comparing runs made side by side.
+(resize + normalise), model and postprocess (resize to the image + argmax + writing the indexed PNG). With
+`--compare`, the same model in a peer library with the same weights (`seglab.engine.peers`), timed interleaved,
+with the speed ratio and the output difference. Timings vary between processes and machines; the figures are for
+comparing runs made side by side.
 """
 
 from __future__ import annotations
@@ -22,12 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from seglab.data.datasets import read_image
 from seglab.data.transforms import TestTransform
-from seglab.layers.shape import resize
+from seglab.inference import resized_labels
 from seglab.registry import create_model, get_entry
 from seglab.tools.flops import count_flops
 from seglab.tools.visualize import make_palette, save_label_png
@@ -108,8 +109,8 @@ def bench_model(name: str, size: tuple[int, int] = (512, 512), runs: int = 10, w
         logits = model(inputs)
 
         def postprocess():  # what `predict` does after the model in whole mode, then the label PNG
-            probs = F.softmax(resize(logits, (height, width), align_corners=model.align_corners), dim=1)
-            save_label_png(Path(tmp) / "labels.png", probs.argmax(1)[0].numpy(), palette)
+            labels = resized_labels(logits, (height, width), align_corners=model.align_corners)
+            save_label_png(Path(tmp) / "labels.png", labels[0].numpy(), palette)
 
         pipeline = {
             "decode": statistics.median(_times(lambda: read_image(source), runs, 1)),
@@ -126,6 +127,49 @@ def bench_model(name: str, size: tuple[int, int] = (512, 512), runs: int = 10, w
         "pipeline_ms": {k: 1000 * v for k, v in pipeline.items()},
         "machine": f"{platform.machine()} {platform.processor()}".strip(), "torch": torch.__version__,
     }
+
+
+@torch.inference_mode()
+def compare_peer(name: str, size: tuple[int, int] = (512, 512), runs: int = 10, warmup: int = 2,
+                 num_classes: int = 150) -> dict[str, Any]:
+    """seglab's `name` against the same model in a peer library (`seglab.engine.peers`), same weights, batch 1,
+    timed interleaved (seglab, peer, seglab, ...) in this process so that outside load hits both alike.
+
+    Returns:
+        A JSON-able dict: the peer library and version, both medians and p90s, the ratio (seglab / peer) and the
+        max absolute output difference (with the peer output's largest magnitude for scale).
+    """
+    from seglab.engine.peers import build_peer
+
+    peer = build_peer(name, num_classes)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    ours_out, peer_out = peer.run_ours(x), peer.run_peer(x)
+    for _ in range(warmup):
+        peer.run_ours(x), peer.run_peer(x)
+    ours_times, peer_times = [], []
+    for _ in range(runs):
+        ours_times += _times(lambda: peer.run_ours(x), 1, 0)
+        peer_times += _times(lambda: peer.run_peer(x), 1, 0)
+    ours_ms, peer_ms = 1000 * statistics.median(ours_times), 1000 * statistics.median(peer_times)
+    return {
+        "model": name, "size": list(size), "runs": runs, "threads": torch.get_num_threads(),
+        "peer": peer.library, "peer_version": peer.version,
+        "seglab_ms": {"median": ours_ms, "p90": 1000 * percentile(ours_times, 90)},
+        "peer_ms": {"median": peer_ms, "p90": 1000 * percentile(peer_times, 90)},
+        "ratio": ours_ms / peer_ms, "max_abs_diff": float((ours_out - peer_out).abs().max()),
+        "peer_output_max": float(peer_out.abs().max()),
+    }
+
+
+def format_compare(result: dict[str, Any]) -> str:
+    """`compare_peer`'s result in two lines."""
+    h, w = result["size"]
+    ours, theirs = result["seglab_ms"], result["peer_ms"]
+    return (f"{result['model']} at {h}x{w} vs {result['peer']} {result['peer_version']} (same weights, batch 1, "
+            f"{result['runs']} interleaved runs, {result['threads']} threads)\n"
+            f"  seglab {ours['median']:.1f} ms (p90 {ours['p90']:.1f}), {result['peer']} {theirs['median']:.1f} ms "
+            f"(p90 {theirs['p90']:.1f}): ratio {result['ratio']:.2f}, max output diff "
+            f"{result['max_abs_diff']:.1e} (outputs up to {result['peer_output_max']:.2g})")
 
 
 def format_bench(result: dict[str, Any]) -> str:
