@@ -101,6 +101,7 @@ def export_onnx(
     in_channels: int = 3,
     dynamo: bool = True,
     labels: bool = False,
+    program=None,
 ) -> Path:
     """Exports `model(images) -> logits` to an ONNX file with dynamic batch, height and width axes.
 
@@ -120,6 +121,8 @@ def export_onnx(
         dynamo: use the `torch.export`-based exporter; False uses the TorchScript tracer.
         labels: put the resize to the input size and the argmax in the graph (`LabelGraph`): the output is
             `labels` (B, H, W) int32 instead of `logits`.
+        program: `seglab.export.program.trace_program`'s result for this model (same size, batch and `labels`), to
+            convert instead of tracing again (dynamo exporter only).
 
     Returns:
         The path written.
@@ -127,6 +130,8 @@ def export_onnx(
     for name, value in (("height", height), ("width", width), ("batch", batch), ("in_channels", in_channels)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if program is not None and not dynamo:
+        raise ValueError("program= is a torch.export trace: it goes with the dynamo exporter (dynamo=True)")
     path = Path(path)
     device, dtype = model_device_dtype(model)
     inputs = graph_inputs(model, in_channels)
@@ -135,42 +140,42 @@ def export_onnx(
                          "refined at patch level, export it without labels")
     images = tuple(t.to(device) for t in example_inputs(inputs, batch, height, width, dtype=dtype))
     input_names = [name for name, _ in inputs]
+    output_name = LABELS_NAME if labels else OUTPUT_NAME
+    if dynamo:
+        # the ONNX exporter converts a torch.export program: the one `export_program` saves, traced once here
+        from seglab.export.program import trace_program  # program.py builds on this module's helpers
+
+        if program is None:
+            program = trace_program(model, height, width, batch, labels)
+        with torch.no_grad():
+            onnx_program = torch.onnx.export(program, images, None, dynamo=True, input_names=input_names,
+                                             output_names=[output_name], opset_version=opset, verbose=False)
+        _name_axes(onnx_program.model)
+        # one self-contained file, so that the atomic rename moves everything
+        atomic_write(path, lambda tmp: onnx_program.save(tmp, external_data=False))
+        return path
     was_training = model.training
     model.eval()
-    output_name = OUTPUT_NAME
     try:
         with torch.no_grad():
             _example_logits(model, *images)
-            network = model
-            if labels:
-                network, output_name = LabelGraph(model).eval(), LABELS_NAME
-            if dynamo:
-                dim = torch.export.Dim.DYNAMIC
-                program = torch.onnx.export(
-                    network, images, None, dynamo=True, input_names=input_names, output_names=[output_name],
-                    opset_version=opset, dynamic_shapes=tuple({0: dim, 2: dim, 3: dim} for _ in images),
-                    verbose=False,
-                )
-                _name_axes(program.model)
-                # one self-contained file, so that the atomic rename moves everything
-                atomic_write(path, lambda tmp: program.save(tmp, external_data=False))
-            else:
-                dynamic_axes = {
-                    **{name: {0: "batch", 2: "height", 3: "width"} for name in input_names},
-                    output_name: {0: "batch", 1 if labels else 2: "height" if labels else "logits_height",
-                                  2 if labels else 3: "width" if labels else "logits_width"},
-                }
+            network = LabelGraph(model).eval() if labels else model
+            dynamic_axes = {
+                **{name: {0: "batch", 2: "height", 3: "width"} for name in input_names},
+                output_name: {0: "batch", 1 if labels else 2: "height" if labels else "logits_height",
+                              2 if labels else 3: "width" if labels else "logits_width"},
+            }
 
-                def write(tmp: str) -> None:
-                    with warnings.catch_warnings():  # the deprecation notice of the legacy exporter, chosen here
-                        warnings.filterwarnings("ignore", message=".*legacy TorchScript", category=DeprecationWarning)
-                        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
-                        torch.onnx.export(
-                            network, images, tmp, dynamo=False, input_names=input_names,
-                            output_names=[output_name], opset_version=opset, dynamic_axes=dynamic_axes,
-                        )
+            def write(tmp: str) -> None:
+                with warnings.catch_warnings():  # the deprecation notice of the legacy exporter, chosen here
+                    warnings.filterwarnings("ignore", message=".*legacy TorchScript", category=DeprecationWarning)
+                    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+                    torch.onnx.export(
+                        network, images, tmp, dynamo=False, input_names=input_names,
+                        output_names=[output_name], opset_version=opset, dynamic_axes=dynamic_axes,
+                    )
 
-                atomic_write(path, write)
+            atomic_write(path, write)
     finally:
         model.train(was_training)
     return path

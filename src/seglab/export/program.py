@@ -19,30 +19,29 @@ import torch
 from torch import nn
 
 from seglab.checkpoint import atomic_write
-from seglab.export.onnx import LabelGraph, example_inputs, graph_inputs, model_device_dtype
+from seglab.export.onnx import LabelGraph, _example_logits, example_inputs, graph_inputs, model_device_dtype
 
 
-def export_program(model: nn.Module, path: str | Path, height: int = 512, width: int = 512, batch: int = 2,
-                   labels: bool = False) -> Path:
-    """Exports `model` with `torch.export` (dynamic batch, height and width) and saves the program, atomically.
+def trace_program(model: nn.Module, height: int = 512, width: int = 512, batch: int = 2,
+                  labels: bool = False) -> torch.export.ExportedProgram:
+    """Traces `model` with `torch.export` (dynamic batch, height and width): the one trace behind both
+    `export_program` and `export_onnx`, which take it as `program=` so that a model written in both formats is
+    traced once.
 
     Args:
-        model: a semantic model (images -> logits) or BPR (image, mask -> logits); exported in eval mode.
-        path: the `.pt2` file.
+        model: a semantic model (images -> logits) or BPR (image, mask -> logits); traced in eval mode (its mode is
+            restored afterwards).
         height, width, batch: the example input's size; from a batch of 1 the program's batch is fixed at 1
             (otherwise dynamic).
         labels: put the resize to the input size and the argmax in the graph (`LabelGraph`, int32 labels out).
-
-    Returns:
-        The path written.
     """
     for name, value in (("height", height), ("width", width), ("batch", batch)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    path = Path(path)
     inputs = graph_inputs(model)
     if labels and len(inputs) > 1:
-        raise ValueError("labels=True goes with semantic models; export BPR without labels")
+        raise ValueError("labels=True puts the resize and argmax of a semantic model in the graph; BPR's output is "
+                         "refined at patch level, export it without labels")
     device, dtype = model_device_dtype(model)
     example = tuple(t.to(device) for t in example_inputs(inputs, batch, height, width, dtype=dtype))
     was_training = model.training
@@ -53,9 +52,29 @@ def export_program(model: nn.Module, path: str | Path, height: int = 512, width:
         # from a batch of 1 the batch axis stays 1: the tracer specialises a size of 1
         axes = {0: dim, 2: dim, 3: dim} if batch > 1 else {2: dim, 3: dim}
         with torch.no_grad():
-            program = torch.export.export(network, example, dynamic_shapes=tuple(dict(axes) for _ in example))
+            _example_logits(model, *example)  # a model that fails eagerly says so here, not inside the tracer
+            return torch.export.export(network, example, dynamic_shapes=tuple(dict(axes) for _ in example))
     finally:
         model.train(was_training)
+
+
+def export_program(model: nn.Module, path: str | Path, height: int = 512, width: int = 512, batch: int = 2,
+                   labels: bool = False, program: torch.export.ExportedProgram | None = None) -> Path:
+    """Exports `model` with `torch.export` (dynamic batch, height and width) and saves the program, atomically.
+
+    Args:
+        model: a semantic model (images -> logits) or BPR (image, mask -> logits); exported in eval mode.
+        path: the `.pt2` file.
+        height, width, batch, labels: see `trace_program`.
+        program: `trace_program`'s result for this model, to save instead of tracing again (the other arguments
+            then do not apply).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    if program is None:
+        program = trace_program(model, height, width, batch, labels)
     buffer = io.BytesIO()  # saved through a buffer: the archive writer wants a `.pt2` name, not the temporary one
     torch.export.save(program, buffer)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
@@ -70,11 +89,14 @@ def load_program(path: str | Path) -> nn.Module:
     return torch.export.load(path).module()
 
 
-def program_input_ranges(path: str | Path) -> dict[str, tuple[int, int | None]]:
-    """The (min, max) each dynamic input axis accepts, as recorded in the program: `{"images.height": (61, None)}`
-    (None: unbounded). A lower bound of 2 is torch.export's convention for a dynamic axis: size 1 still runs unless
-    a guard of the program refuses it (Swin's batch, see the module docstring)."""
-    program = torch.export.load(Path(path))
+def program_input_ranges(
+    program: str | Path | torch.export.ExportedProgram,
+) -> dict[str, tuple[int, int | None]]:
+    """The (min, max) each dynamic input axis of a program (a `.pt2` file or a traced program) accepts, as recorded:
+    `{"images.height": (61, None)}` (None: unbounded). A lower bound of 2 is torch.export's convention for a dynamic
+    axis: size 1 still runs unless a guard of the program refuses it (Swin's batch, see the module docstring)."""
+    if not isinstance(program, torch.export.ExportedProgram):
+        program = torch.export.load(Path(program))
     names = {0: "batch", 2: "height", 3: "width"}
     ranges: dict[str, tuple[int, int | None]] = {}
     user_inputs = program.graph_signature.user_inputs
@@ -92,15 +114,17 @@ def program_input_ranges(path: str | Path) -> dict[str, tuple[int, int | None]]:
     return ranges
 
 
-def check_program(model: nn.Module, path: str | Path, sizes: Sequence[tuple[int, int]] = ((512, 512), (384, 640)),
-                  batch: int = 1, seed: int = 0) -> float:
-    """Runs the saved program and eager PyTorch on the same random inputs.
+def check_program(model: nn.Module, path: str | Path | nn.Module,
+                  sizes: Sequence[tuple[int, int]] = ((512, 512), (384, 640)), batch: int = 1, seed: int = 0) -> float:
+    """Runs the saved program (a `.pt2` file, or `load_program`'s module of one) and eager PyTorch on the same random
+    inputs.
 
     Returns:
         The largest absolute difference of the logits over all sizes (inf where either gives a NaN); for a program
         exported with `labels=True`, the largest fraction of pixels whose label differs.
     """
-    program = load_program(path)
+    program = path if isinstance(path, nn.Module) else load_program(path)
+    source = "the program" if isinstance(path, nn.Module) else str(path)
     inputs = graph_inputs(model)
     device, dtype = model_device_dtype(model)
     generator = torch.Generator().manual_seed(seed)
@@ -115,7 +139,7 @@ def check_program(model: nn.Module, path: str | Path, sizes: Sequence[tuple[int,
                 labels = got.dtype == torch.int32
                 expected = LabelGraph(model)(*example) if labels else model(*example)
             if got.shape != expected.shape:
-                raise ValueError(f"{path} at {(batch, height, width)} gives {tuple(got.shape)}, eager PyTorch "
+                raise ValueError(f"{source} at {(batch, height, width)} gives {tuple(got.shape)}, eager PyTorch "
                                  f"{tuple(expected.shape)}: a shape was frozen at export")
             diff = float((got != expected).float().mean() if labels else (got.float() - expected.float()).abs().max())
             worst = max(worst, float("inf") if math.isnan(diff) else diff)  # a NaN on either side is no parity
