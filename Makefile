@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP_BASE := $(VENV)/.stamp-base
 STAMP_TEST := $(VENV)/.stamp-test
 
-.PHONY: demo test test-all venv clean
+.PHONY: demo test test-all test-zoo venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,16 @@ venv: $(STAMP_BASE)
 demo: $(STAMP_BASE)
 	$(VENV)/bin/seglab demo --out work_dirs/demo $(ARGS)
 
-# the fast tier (README's test command); `test-all` runs the rest: slow tests and the mmsegmentation comparisons
+# the fast tier (README's test command); `test-all` runs the rest but the zoo export sweep: slow tests and the
+# mmsegmentation comparisons; `test-zoo` exports every other published width and depth of each family
 test: $(STAMP_TEST)
-	$(PY) -m pytest -q --durations=10 -m "not slow and not mmseg"
+	$(PY) -m pytest -q --durations=10 -m "not slow and not mmseg and not zoo"
 
 test-all: $(STAMP_TEST)
-	$(PY) -m pytest -q --durations=10 -m "slow or mmseg"
+	$(PY) -m pytest -q --durations=10 -m "(slow or mmseg) and not zoo"
+
+test-zoo: $(STAMP_TEST)
+	$(PY) -m pytest -q --durations=10 -m zoo
 
 clean:
 	rm -rf work_dirs .pytest_cache

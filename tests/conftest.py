@@ -1,9 +1,9 @@
 """Shared test setup: deterministic seeds, a small thread count for the 2-core CI machine, and CI's strictness.
 
-Tiers: `make test` runs everything not marked `slow` or `mmseg` (under 10 minutes on 2 cores); `make test-all`
-runs the rest. Every test under `tests/reference/` is marked `reference` (a numeric comparison against a reference
-implementation: an installed library, mmsegmentation in its side environment, or a tree written from an official
-repository).
+Tiers: `make test` runs everything not marked `slow`, `mmseg` or `zoo` (under 10 minutes on 2 cores); `make test-all`
+runs the rest but `zoo` (CI runs both); `make test-zoo` exports each family's other published widths and depths.
+Every test under `tests/reference/` is marked `reference` (a numeric comparison against a reference implementation:
+an installed library, mmsegmentation in its side environment, or a tree written from an official repository).
 
 In CI (`CI=true`), a skipped `reference`, `mmseg` or `onnx` test is a failure: a missing reference library must
 not turn the comparisons off unnoticed. The terminal summary counts the reference comparisons that ran, and

@@ -7,8 +7,9 @@ import torch
 
 import seglab
 
-# (model name, constructor overrides); export at EXPORT_SIZE, checked at CHECK_SIZES (batch, (height, width))
-EXPORT_MODELS: list[tuple[str, dict]] = [
+# (model name, constructor overrides), exported at EXPORT_SIZE. First every family's code paths (`make test` and
+# `make test-all`), then each family's other published widths and depths (`make test-zoo`)
+FAMILY_EXPORT_MODELS: list[tuple[str, dict]] = [
     ("segformer_b0", {}),
     ("segnext_t", {}),
     ("fcn_hrnetv2_w18s_v1", {}),
@@ -25,7 +26,11 @@ EXPORT_MODELS: list[tuple[str, dict]] = [
     ("segmenter_vit_t", {"img_size": 32}),
     ("segmenter_vit_s_linear", {"img_size": 32}),
     ("maskformer_r50", {}),  # the semantic path: softmax(class)[..., :-1] x sigmoid(mask), summed over queries
-    # the other configurations of each family: the same code at other widths and depths, exported as published
+    ("maskformer_swin_t", {}),
+    ("bpr_hrnet18s", {}),  # two inputs: the image patch and its coarse mask
+]
+# the other configurations of each family: the same code at other widths and depths, exported as published
+ZOO_EXPORT_MODELS: list[tuple[str, dict]] = [
     *[(f"segformer_b{i}", {}) for i in range(1, 6)],
     *[(f"segnext_{v}", {}) for v in "sbl"],
     *[(f"upernet_swin_{v}", {}) for v in "sbl"],
@@ -35,13 +40,26 @@ EXPORT_MODELS: list[tuple[str, dict]] = [
     ("segvit_vit_l", {"vit": "t", "out_indices": (5, 7, 11), "img_size": 32}),  # ViT-T: the head is the published
     *[(f"segmenter_vit_{v}", {"img_size": 32}) for v in "sbl"],
     ("maskformer_r101", {}),
-    *[(f"maskformer_swin_{v}", {}) for v in "tsbl"],
-    ("bpr_hrnet18s", {}),  # two inputs: the image patch and its coarse mask
+    *[(f"maskformer_swin_{v}", {}) for v in "sbl"],
     ("bpr_hrnet48", {}),
 ]
-# exported in the fast tier; the others (10-100 s each to export) run in `make test-all`
+EXPORT_MODELS = FAMILY_EXPORT_MODELS + ZOO_EXPORT_MODELS
+# exported in the fast tier; the rest of FAMILY_EXPORT_MODELS (10-70 s each) in `make test-all`
 FAST_EXPORT_MODELS = ("segformer_b0", "fcn_hrnetv2_w18s_v1", "segmenter_vit_t", "segmenter_vit_s_linear")
 EXPORT_SIZE = (64, 64)
+
+
+def export_params() -> list:
+    """`EXPORT_MODELS` as pytest parameters with their tier's marks."""
+    import pytest
+
+    def marks(name: str) -> tuple:
+        if name in FAST_EXPORT_MODELS:
+            return ()
+        zoo = any(name == other for other, _ in ZOO_EXPORT_MODELS)
+        return (pytest.mark.slow, pytest.mark.zoo) if zoo else (pytest.mark.slow,)
+
+    return [pytest.param(m, id=m[0], marks=marks(m[0])) for m in EXPORT_MODELS]
 
 
 def build_model(name: str, overrides: dict) -> torch.nn.Module:

@@ -4,7 +4,8 @@
 
 Mask R-CNN is the one registered model left out (a data-dependent number of detections, see docs/export.md);
 `test_every_configuration_is_exported` keeps `EXPORT_MODELS` equal to the registry. The fast tier runs
-`FAST_EXPORT_MODELS`, `make test-all` the rest.
+`FAST_EXPORT_MODELS`, `make test-all` one or more configurations of every family, `make test-zoo` each family's
+other published widths and depths (`ZOO_EXPORT_MODELS`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from export_configs import EXPORT_MODELS, EXPORT_SIZE, FAST_EXPORT_MODELS, build_model
+from export_configs import EXPORT_MODELS, EXPORT_SIZE, build_model, export_params
 
 import seglab
 from seglab.export.onnx import check_onnx, export_onnx, graph_inputs
@@ -22,12 +23,18 @@ ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.onnx
 
 CHECKS = [(1, (96, 80)), (3, (77, 101))]  # (batch, (height, width)): neither the export's batch 2 nor its size
-# Swin's window partition leaves a `batch != 1` guard in a program traced from a batch of 2 (docs/export.md)
+# Swin's window partition leaves a `batch != 1` guard in a program traced from a batch of 2, and the window shrunk to
+# the maps smaller than it a guard that they stay so (docs/export.md): traced at 64 px, window-12 programs (MaskFormer
+# Swin-B/L) take 1/8 maps of up to 12 (inputs up to about 96 px), window-7 ones 1/16 maps of up to 7
 CHECKS_SWIN = [(3, (96, 80)), (4, (77, 101))]
+CHECKS_SWIN_WINDOW12 = [(3, (96, 80)), (4, (77, 90))]
 # SegViT's program keeps the export size's "a multiple of the 16 px patch" (no padding) as a guard, and the
 # Shrunk variant's query reshape a `batch != 1` one, like Swin (docs/export.md)
 CHECKS_SEGVIT = [(3, (96, 80)), (4, (112, 48))]
 TOLERANCE = 1e-4
+# ONNX Runtime's convolutions sum in another order than PyTorch's: through ResNet-101 and MaskFormer's sum over 100
+# queries (outputs up to 21 here) that reaches 2.1e-4, 1e-5 of the output (its program is within 1e-4; docs/export.md)
+ONNX_TOLERANCE = {"maskformer_r101": 5e-4}
 
 
 def test_every_configuration_is_exported():
@@ -39,8 +46,7 @@ def test_every_configuration_is_exported():
                                   f"not registered: {sorted(exported - expected)}")
 
 
-@pytest.mark.parametrize("config", [
-    pytest.param(m, id=m[0], marks=() if m[0] in FAST_EXPORT_MODELS else pytest.mark.slow) for m in EXPORT_MODELS])
+@pytest.mark.parametrize("config", export_params())
 def test_program_and_onnx_equal_eager_at_other_sizes(config, tmp_path):
     name, overrides = config
     model = build_model(name, overrides)
@@ -52,13 +58,14 @@ def test_program_and_onnx_equal_eager_at_other_sizes(config, tmp_path):
     ranges = program_input_ranges(program)
     assert ranges and all(hi is None and lo <= 64 for lo, hi in ranges.values()), ranges  # dynamic, unbounded
     loaded = load_program(pt2)
-    checks = CHECKS_SWIN if "swin" in name else CHECKS_SEGVIT if name.startswith("segvit") else CHECKS
+    checks = (CHECKS_SWIN_WINDOW12 if name in ("maskformer_swin_b", "maskformer_swin_l") else CHECKS_SWIN
+              if "swin" in name else CHECKS_SEGVIT if name.startswith("segvit") else CHECKS)
     for batch, size in checks:
         diff = check_program(model, loaded, sizes=[size], batch=batch)
         assert diff <= TOLERANCE, f"program: max abs diff {diff:.3g} at batch {batch}, size {size}"
     for batch, size in checks:
         diff = check_onnx(model, onnx, sizes=[size], batch=batch)
-        assert diff <= TOLERANCE, f"ONNX: max abs diff {diff:.3g} at batch {batch}, size {size}"
+        assert diff <= ONNX_TOLERANCE.get(name, TOLERANCE), f"ONNX: max abs diff {diff:.3g} at {batch}, {size}"
 
     session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     expected = graph_inputs(model)  # (images, 3), or BPR's (image, 3), (mask, 1)

@@ -21,6 +21,7 @@ from torch import nn
 from seglab.backbones.base import FeatureInfo
 from seglab.layers import DropPath, drop_path_rates, nchw_to_nlc, nlc_to_nchw
 from seglab.layers.init import init_weights
+from seglab.layers.token_merging import GridMerge, StageMerging, pool_tokens, token_merging_preset, unpool_tokens
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -71,18 +72,35 @@ class EfficientSelfAttention(nn.Module):
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
             self.norm = nn.LayerNorm(dim, eps=sr_norm_eps)
+        # SegFormer++ token merging (`MixVisionTransformer.set_token_merging`); None: the exact attention
+        self.merging: StageMerging | None = None
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         batch, num_tokens, dim = x.shape
         head_dim = dim // self.num_heads
-        q = self.q(x).reshape(batch, num_tokens, self.num_heads, head_dim).transpose(1, 2)  # (B, h, N, d)
+        merging = self.merging
+        queries, q_merge, q_grid = x, None, None
+        if merging is not None and merging.q_ratio:
+            q_merge = GridMerge(x, height, width, merging.q_stride, int(num_tokens * merging.q_ratio))
+            queries = q_merge.merge(x)
+        elif merging is not None and merging.q_pool > 1:
+            queries, q_grid = pool_tokens(x, height, width, merging.q_pool)
+        q = self.q(queries).reshape(batch, -1, self.num_heads, head_dim).transpose(1, 2)  # (B, h, N, d)
+        kv_height, kv_width = height, width
         if self.sr_ratio > 1:
             reduced = self.sr(nlc_to_nchw(x, height, width))
+            kv_height, kv_width = reduced.shape[-2:]
             x = self.norm(nchw_to_nlc(reduced))  # (B, N / sr^2, C)
+        if merging is not None and merging.kv_ratio:
+            x = GridMerge(x, kv_height, kv_width, merging.kv_stride, int(x.shape[1] * merging.kv_ratio)).merge(x)
         kv = self.kv(x).reshape(batch, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)  # (2, B, h, M, d)
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=self.attn_drop if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(batch, num_tokens, dim)  # (B, h, N, d) -> (B, N, C)
-        return self.proj_drop(self.proj(out))
+        out = self.proj(out.transpose(1, 2).reshape(batch, -1, dim))  # (B, h, N, d) -> (B, N, C)
+        if q_merge is not None:  # the projection is per token, so it runs on the merged queries
+            out = q_merge.unmerge(out)
+        elif q_grid is not None:
+            out = unpool_tokens(out, q_grid, height, width, merging.q_pool)
+        return self.proj_drop(out)
 
 
 class MixFFN(nn.Module):
@@ -184,6 +202,8 @@ class MixVisionTransformer(nn.Module):
         patch_norm_eps: eps of the patch-embedding LayerNorms (plain `nn.LayerNorm`, 1e-5, in the original).
         sr_norm_eps: eps of the LayerNorm after the reduction conv (1e-5 in the original).
         out_indices: which stages to return.
+        token_merging: a SegFormer++ preset (`seglab.layers.token_merging.TOKEN_MERGING_PRESETS`: "hq", "fast",
+            "n2d") or None for the exact model; no parameters change, so any checkpoint loads either way.
     """
 
     def __init__(
@@ -198,6 +218,7 @@ class MixVisionTransformer(nn.Module):
         patch_norm_eps: float = 1e-5,
         sr_norm_eps: float = 1e-5,
         out_indices: tuple[int, ...] = (0, 1, 2, 3),
+        token_merging: str | None = None,
     ) -> None:
         super().__init__()
         self.out_indices = tuple(out_indices)
@@ -220,6 +241,15 @@ class MixVisionTransformer(nn.Module):
         first = config.sr_ratios[0]
         self.min_input_size = (first - 1) * config.strides[0] + config.patch_sizes[0] - 2 * (config.patch_sizes[0] // 2)
         self.apply(init_weights)
+        self.set_token_merging(token_merging)
+
+    def set_token_merging(self, preset: str | None) -> None:
+        """Switches SegFormer++ token merging on (a preset name) or off (None) in every block's attention."""
+        settings = token_merging_preset(preset)
+        self.token_merging = preset
+        for i, stage in enumerate(self.stages):
+            for block in stage.blocks:
+                block.attn.merging = None if settings is None else settings[i]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.shape[-2] < self.min_input_size or x.shape[-1] < self.min_input_size:

@@ -16,6 +16,8 @@ class SegFormerOptions:
 
     `head_channels=None` takes the variant's published width. The eps and `head_stage_norm_act` options
     exist so that checkpoints trained by other codebases reproduce their outputs (converters set them).
+    `token_merging` is SegFormer++'s opt-in speed mode ("hq", "fast", "n2d"; `seglab.layers.token_merging`): an
+    approximation of the attention with the same parameters, see docs/benchmarks.md for its speed and accuracy.
     """
 
     num_classes: int = 150
@@ -30,6 +32,7 @@ class SegFormerOptions:
     patch_norm_eps: float = 1e-5
     sr_norm_eps: float = 1e-5
     head_stage_norm_act: bool = False
+    token_merging: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ def build_segformer(variant: str, options: SegFormerOptions) -> EncoderDecoder:
         norm_eps=options.norm_eps,
         patch_norm_eps=options.patch_norm_eps,
         sr_norm_eps=options.sr_norm_eps,
+        token_merging=options.token_merging,
     )
     head = SegFormerHead(
         in_channels=config.embed_dims,
