@@ -6,8 +6,8 @@ Writes a `--size` x `--size` RGB PNG (a smooth pattern; generated once, kept in 
     seglab predict --model M --num-classes K --checkpoint C --mode slide --crop-size 512 512 --stride 341 341
                    --max-pixels N --tiled --out OUT image.png
 
-in a child process, reading its peak RSS from `wait4` (ru_maxrss: the larger of the child's own peak and this
-process's size when it forked, about 0.9 GiB, so an upper bound of the command's peak). Plain slide inference would hold a
+in a fresh python process, which reports its own peak RSS (`VmHWM` in /proc/self/status, read at exit; `wait4`'s
+ru_maxrss would also count this process's size at the fork). Plain slide inference would hold a
 (1, K, H, W) float32 accumulator (K x H x W x 4 bytes: 86 GB at 12000^2 and 150 classes); the streamed form
 holds K x (crop - stride .. crop) x W floats. Nothing else should run on the machine.
 
@@ -26,6 +26,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+# the child's own high-water mark, printed at exit
+REPORT_PEAK = ("import atexit, sys\n"
+               "def report():\n"
+               "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+               "    print('VmHWM_KIB', hwm, file=sys.stderr)\n"
+               "atexit.register(report)\n"
+               "from seglab.cli.main import main\n"
+               "sys.exit(main(sys.argv[1:]))\n")
 
 
 def make_image(path: Path, size: int) -> None:
@@ -67,14 +76,15 @@ def main() -> None:
     if args.window_batch:
         argv += ["--window-batch", str(args.window_batch)]
     start = time.perf_counter()
-    proc = subprocess.Popen(argv)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", REPORT_PEAK, *argv[3:]], capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"seglab predict failed: {' '.join(argv)}")
+    if proc.returncode != 0:
+        raise SystemExit(f"seglab predict failed: {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
+    peak_kib = int([line.split()[1] for line in proc.stderr.splitlines() if line.startswith("VmHWM_KIB")][-1])
     figures = {
         "size": args.size, "classes": args.classes, "model": args.model, "crop": args.crop, "stride": args.stride,
-        "window_batch": args.window_batch, "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
+        "window_batch": args.window_batch, "peak_rss_gib": round(peak_kib / 2**20, 2),
+        "peak_rss_gb": round(peak_kib * 1024 / 1e9, 2),
         "wall_s": round(seconds, 1), "plain_accumulator_gib": round(args.classes * args.size ** 2 * 4 / 2**30, 1),
         "label_file_mib": round((work / "out" / f"{image.stem}.tif").stat().st_size / 2**20, 1),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",

@@ -334,8 +334,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-pixels", type=int, metavar="N",
                    help="read images of up to N pixels (width x height), past PIL's decompression-bomb limit of "
                         "179 M pixels; slide inference streams, so memory stays bounded at any size")
-    p.add_argument("--window-batch", type=int, default=8, metavar="N",
-                   help="slide windows per forward pass (default 8; fewer use less memory)")
+    p.add_argument("--window-batch", type=int, metavar="N",
+                   help="slide windows per forward pass (default 8 on a GPU, 2 on the CPU; fewer use less memory)")
     p.add_argument("--tiled", action="store_true",
                    help="write each label map as a tiled, compressed TIFF (<stem>.tif, with the palette) instead of "
                         "a PNG: what GIS and slide viewers open for huge maps")
