@@ -24,71 +24,17 @@ import torch
 from torch import nn
 
 from seglab.checkpoint import atomic_write
+from seglab.export.graph import (
+    LabelGraph,
+    example_inputs,
+    example_logits,
+    graph_inputs,
+    model_device_dtype,
+    trace_program,
+)
 
-INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 LABELS_NAME = "labels"
-# BPR (task `refine`) takes a boundary patch and its coarse mask: two inputs of the same size
-REFINE_INPUTS = (("image", 3), ("mask", 1))
-
-
-def graph_inputs(model: nn.Module, in_channels: int = 3) -> tuple[tuple[str, int], ...]:
-    """The exported graph's inputs as (name, channels): `images` for semantic models, `image` and `mask` for BPR."""
-    from seglab.registry import get_entry
-
-    name = getattr(model, "model_name", None)
-    try:
-        task = get_entry(name).task if name else "semantic"
-    except (KeyError, ValueError):
-        task = "semantic"
-    if task == "instance":
-        raise ValueError(f"{name} is an instance model (detections of data-dependent count, with NMS); ONNX export "
-                         f"covers semantic models (images -> logits) and BPR (image, mask -> logits)")
-    return REFINE_INPUTS if task == "refine" else ((INPUT_NAME, in_channels),)
-
-
-def example_inputs(inputs: Sequence[tuple[str, int]], batch: int, height: int, width: int,
-                    generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
-                    ) -> list[torch.Tensor]:
-    """Random inputs: N(0, 1) images, and a binary mask for BPR's `mask`."""
-    tensors = []
-    for name, channels in inputs:
-        if name == "mask":
-            tensors.append((torch.rand(batch, channels, height, width, generator=generator) > 0.5).to(dtype))
-        else:
-            tensors.append(torch.randn(batch, channels, height, width, generator=generator, dtype=dtype))
-    return tensors
-
-
-class LabelGraph(nn.Module):
-    """`model` with the post-processing in the graph: logits resized bilinearly to the input size (with the model's
-    `align_corners`) and the argmax over classes, as int32 (B, H, W): a deployment needs no post-processing."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.align_corners = bool(getattr(model, "align_corners", False))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.model(images)
-        logits = torch.nn.functional.interpolate(logits, size=images.shape[-2:], mode="bilinear",
-                                                 align_corners=self.align_corners)
-        return logits.argmax(1).to(torch.int32)
-
-
-def _example_logits(model: nn.Module, *images: torch.Tensor) -> torch.Tensor:
-    out = model(*images)
-    if not isinstance(out, torch.Tensor) or out.ndim != 4:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise TypeError(f"ONNX export needs model(images) to return a logits tensor (B, K, h, w), got {got}")
-    return out
-
-
-def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    param = next(model.parameters(), None)
-    if param is None:
-        return torch.device("cpu"), torch.float32
-    return param.device, param.dtype
 
 
 def export_onnx(
@@ -143,8 +89,6 @@ def export_onnx(
     output_name = LABELS_NAME if labels else OUTPUT_NAME
     if dynamo:
         # the ONNX exporter converts a torch.export program: the one `export_program` saves, traced once here
-        from seglab.export.program import trace_program  # program.py builds on this module's helpers
-
         if program is None:
             program = trace_program(model, height, width, batch, labels)
         with torch.no_grad():
@@ -158,7 +102,7 @@ def export_onnx(
     model.eval()
     try:
         with torch.no_grad():
-            _example_logits(model, *images)
+            example_logits(model, *images)
             network = LabelGraph(model).eval() if labels else model
             dynamic_axes = {
                 **{name: {0: "batch", 2: "height", 3: "width"} for name in input_names},
@@ -255,7 +199,7 @@ def check_onnx(
             images = example_inputs(inputs, batch, height, width, generator=generator, dtype=dtype)
             on_device = [t.to(device) for t in images]
             with torch.no_grad():
-                eager = LabelGraph(model)(*on_device) if labels else _example_logits(model, *on_device)
+                eager = LabelGraph(model)(*on_device) if labels else example_logits(model, *on_device)
             expected = eager.cpu().numpy() if labels else eager.float().cpu().numpy()
             (got,) = session.run([output], {name: t.numpy() for name, t in zip(input_names, images, strict=True)})
             if got.shape != expected.shape:

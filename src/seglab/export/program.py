@@ -19,43 +19,13 @@ import torch
 from torch import nn
 
 from seglab.checkpoint import atomic_write
-from seglab.export.onnx import LabelGraph, _example_logits, example_inputs, graph_inputs, model_device_dtype
-
-
-def trace_program(model: nn.Module, height: int = 512, width: int = 512, batch: int = 2,
-                  labels: bool = False) -> torch.export.ExportedProgram:
-    """Traces `model` with `torch.export` (dynamic batch, height and width): the one trace behind both
-    `export_program` and `export_onnx`, which take it as `program=` so that a model written in both formats is
-    traced once.
-
-    Args:
-        model: a semantic model (images -> logits) or BPR (image, mask -> logits); traced in eval mode (its mode is
-            restored afterwards).
-        height, width, batch: the example input's size; from a batch of 1 the program's batch is fixed at 1
-            (otherwise dynamic).
-        labels: put the resize to the input size and the argmax in the graph (`LabelGraph`, int32 labels out).
-    """
-    for name, value in (("height", height), ("width", width), ("batch", batch)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    inputs = graph_inputs(model)
-    if labels and len(inputs) > 1:
-        raise ValueError("labels=True puts the resize and argmax of a semantic model in the graph; BPR's output is "
-                         "refined at patch level, export it without labels")
-    device, dtype = model_device_dtype(model)
-    example = tuple(t.to(device) for t in example_inputs(inputs, batch, height, width, dtype=dtype))
-    was_training = model.training
-    model.eval()
-    try:
-        network = LabelGraph(model).eval() if labels else model
-        dim = torch.export.Dim.DYNAMIC
-        # from a batch of 1 the batch axis stays 1: the tracer specialises a size of 1
-        axes = {0: dim, 2: dim, 3: dim} if batch > 1 else {2: dim, 3: dim}
-        with torch.no_grad():
-            _example_logits(model, *example)  # a model that fails eagerly says so here, not inside the tracer
-            return torch.export.export(network, example, dynamic_shapes=tuple(dict(axes) for _ in example))
-    finally:
-        model.train(was_training)
+from seglab.export.graph import (
+    LabelGraph,
+    example_inputs,
+    graph_inputs,
+    model_device_dtype,
+    trace_program,
+)
 
 
 def export_program(model: nn.Module, path: str | Path, height: int = 512, width: int = 512, batch: int = 2,
