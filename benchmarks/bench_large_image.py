@@ -20,21 +20,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-# the child's own high-water mark, printed at exit
-REPORT_PEAK = ("import atexit, sys\n"
-               "def report():\n"
-               "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
-               "    print('VmHWM_KIB', hwm, file=sys.stderr)\n"
-               "atexit.register(report)\n"
-               "from seglab.cli.main import main\n"
-               "sys.exit(main(sys.argv[1:]))\n")
 
 
 def make_image(path: Path, size: int) -> None:
@@ -60,6 +50,7 @@ def main() -> None:
 
     import seglab
     from seglab.checkpoint import save_model
+    from seglab.engine.bench import run_with_peak_rss
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -76,11 +67,11 @@ def main() -> None:
     if args.window_batch:
         argv += ["--window-batch", str(args.window_batch)]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", REPORT_PEAK, *argv[3:]], capture_output=True, text=True, check=False)
+    code, peak_bytes, output = run_with_peak_rss(argv[3:])
     seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"seglab predict failed: {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
-    peak_kib = int([line.split()[1] for line in proc.stderr.splitlines() if line.startswith("VmHWM_KIB")][-1])
+    if code != 0:
+        raise SystemExit(f"seglab predict failed: {' '.join(argv)}\n{output}")
+    peak_kib = peak_bytes // 1024
     figures = {
         "size": args.size, "classes": args.classes, "model": args.model, "crop": args.crop, "stride": args.stride,
         "window_batch": args.window_batch, "peak_rss_gib": round(peak_kib / 2**20, 2),

@@ -3,8 +3,6 @@ the process far under the (K, H, W) float32 accumulator of plain slide inference
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,24 +11,14 @@ from PIL import Image
 
 import seglab
 from seglab.checkpoint import save_model
-
-# the child's own high-water mark (/proc VmHWM, reset at exec): ru_maxrss would include the pytest process it was
-# forked from
-_REPORT_PEAK = ("import atexit, sys\n"
-                "def report():\n"
-                "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
-                "    print('VmHWM_KIB', hwm, file=sys.stderr)\n"
-                "atexit.register(report)\n"
-                "from seglab.cli.main import main\n"
-                "sys.exit(main(sys.argv[1:]))\n")
+from seglab.engine.bench import run_with_peak_rss
 
 
 def peak_rss_bytes(args: list[str]) -> tuple[int, str]:
-    """Runs `seglab ARGS` in a fresh python; its output and the peak resident memory of that process."""
-    proc = subprocess.run([sys.executable, "-c", _REPORT_PEAK, *args], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    peak = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("VmHWM_KIB")]
-    return int(peak[-1]) * 1024, proc.stdout
+    """Runs `seglab ARGS` in a fresh python; the peak resident memory of that process and its output."""
+    code, peak, output = run_with_peak_rss(args)
+    assert code == 0 and peak > 0, output
+    return peak, output
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak memory from /proc (Linux)")

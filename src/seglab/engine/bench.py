@@ -66,6 +66,28 @@ def peak_rss_mb() -> float:
     return peak / 1024**2 if platform.system() == "Darwin" else peak / 1024
 
 
+# run in a fresh interpreter: `seglab ARGS`, then the process's own high-water mark (VmHWM, reset at exec) on stderr
+_PEAK_REPORTING_MAIN = ("import atexit, sys\n"
+                        "def report():\n"
+                        "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+                        "    print('VmHWM_KIB', hwm, file=sys.stderr)\n"
+                        "atexit.register(report)\n"
+                        "from seglab.cli.main import main\n"
+                        "sys.exit(main(sys.argv[1:]))\n")
+
+
+def run_with_peak_rss(args: list[str]) -> tuple[int, int, str]:
+    """Runs `seglab ARGS` in a fresh Python process (Linux): its exit code, its own peak RSS in bytes (not counting
+    the calling process, which `wait4`'s ru_maxrss would at the fork) and its stdout + stderr."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _PEAK_REPORTING_MAIN, *args], capture_output=True, text=True,
+                          check=False)
+    peaks = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("VmHWM_KIB")]
+    return proc.returncode, int(peaks[-1]) * 1024 if peaks else 0, proc.stdout + proc.stderr
+
+
 @torch.inference_mode()
 def bench_model(name: str, size: tuple[int, int] = (512, 512), runs: int = 10, warmup: int = 2,
                 batch: int = 4, num_classes: int | None = None) -> dict[str, Any]:
