@@ -4,10 +4,12 @@ mmseg 1.2.2 pins mmcv < 2.2 and mmengine < 1.0, which do not install next to the
 environment is a plain `python -m venv` that sees the main environment's packages (torch, numpy, scipy, ...) through a
 `.pth` file appended after its own site-packages, and holds only what the main environment lacks:
 
-- `PINS`, installed with `--no-deps` (pip must not resolve mmcv / mmengine against torch);
+- `PINS`, installed with `--no-deps` (pip must not resolve mmcv / mmengine against torch), and `imagecorruptions`
+  for the corruption comparison (its `opencv-python` requirement is met by the headless wheel);
 - `SUPPORT`, the pure-Python imports of those (mmengine's `addict`, `yapf`, `termcolor`, mmseg's `prettytable`, the
-  multimodal `ftfy` / `regex`) and `opencv-python-headless` for mmengine's and mmcv's `import cv2`, installed with
-  normal resolution; requirements the main environment already satisfies (numpy, matplotlib, rich, ...) are left to it;
+  multimodal `ftfy` / `regex`), scikit-image (for imagecorruptions) and `opencv-python-headless` for mmengine's and
+  mmcv's `import cv2`, installed with normal resolution; requirements the main environment already satisfies (numpy,
+  matplotlib, rich, ...) are left to it;
 - a stand-in `mmcv/_ext.py`: mmcv-lite has no compiled ops, yet mmseg imports `mmcv.ops` (for the models that use them);
   every attribute of the stand-in is a function that raises, so importing works and only a model that calls an op
   fails, with a message that says so.
@@ -40,10 +42,11 @@ RUNNER = Path(__file__).with_name("mmseg_runner.py")
 TESTKIT = Path(__file__).resolve().parents[1] / "testkit.py"  # the runner imports its `randomize_`
 RUNS = ROOT / ".cache" / "mmseg-runs"
 
-PINS = ("mmengine==0.10.7", "mmcv-lite==2.1.0", "mmsegmentation==1.2.2")
+# imagecorruptions rides along for test_corruptions_reference.py (its own code, patched there for today's libraries)
+PINS = ("mmengine==0.10.7", "mmcv-lite==2.1.0", "mmsegmentation==1.2.2", "imagecorruptions==1.1.2")
 # cv2 5.x is not what mmcv 2.1 was written against; 4.10+ wheels work with numpy 1.x and 2.x
 SUPPORT = ("addict", "yapf", "termcolor", "prettytable", "ftfy", "regex", "opencv-python-headless>=4.10,<5",
-           "safetensors")
+           "safetensors", "scikit-image")
 
 EXT_STUB = '''"""Stand-in for mmcv's compiled ops (mmcv-lite has none), written by seglab's mmseg_env.py."""
 

@@ -34,7 +34,8 @@ FLOORS: dict[str, int] = {
     # task pipelines and published weights
     "seglab.instance": 7, "seglab.hub": 7,
     "seglab.engine": 8,  # the run loop and its tasks
-    "seglab.cli": 9, "seglab": 9,  # the command line and the package's public face
+    "seglab.analyze": 9,  # the papers' analyses (ERF, resolution, corruptions, errors) over models and runs
+    "seglab.cli": 10, "seglab": 10,  # the command line and the package's public face
 }
 SINGLE_MODULE_FLOORS = {0, 5}
 

@@ -1,8 +1,9 @@
-"""`seglab` command line: train, eval, predict, refine, models, weights, push, info, convert, export, data, demo.
+"""`seglab` command line: train, eval, predict, refine, models, weights, push, info, convert, export, data, analyze,
+demo.
 
 One module per group of commands: `semantic` (train, eval, predict), `instance` (Mask R-CNN runs, refine),
-`models` (models, weights, push, info, convert, export), `data`; shared helpers in `common`. This module builds the
-parser and runs the command. Run configs whose `data.dataset` is an instance dataset (`coco_instances`,
+`models` (models, weights, push, info, convert, export), `data`, `analyze` (erf, resolution, corruptions, errors);
+shared helpers in `common`. This module builds the parser and runs the command. Run configs whose `data.dataset` is an instance dataset (`coco_instances`,
 `shapes_instances`), and Mask R-CNN checkpoints, train, evaluate and predict with Mask R-CNN through
 `seglab.cli.instance`, which is imported only then; the others are semantic segmentation runs.
 
@@ -16,7 +17,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from seglab.cli import data, models, semantic
+from seglab.cli import analyze, data, models, semantic
 from seglab.cli.common import one_line
 from seglab.cli.semantic import run_training
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_refine_parser(sub)  # here rather than in cli/instance.py: building the parser imports no instance code
     models.add_parsers(sub)  # models, weights, push, info, convert, export
     data.add_parsers(sub)
+    analyze.add_parsers(sub)  # erf, resolution, corruptions, errors
 
     p = sub.add_parser("demo", help="generate shapes, train segformer_b0, evaluate, draw predictions")
     p.add_argument("--config", default="configs/segformer/segformer_b0_shapes.yaml")
