@@ -17,7 +17,7 @@ $(STAMP_BASE): pyproject.toml | $(PY)
 	touch $@
 
 $(STAMP_TEST): pyproject.toml $(STAMP_BASE)
-	$(PY) -m pip install -q -e '.[test,onnx]'
+	$(PY) -m pip install -q -e '.[test,onnx,serve]'
 	touch $@
 
 venv: $(STAMP_BASE)

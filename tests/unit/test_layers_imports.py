@@ -35,6 +35,7 @@ FLOORS: dict[str, int] = {
     "seglab.instance": 7, "seglab.hub": 7,
     "seglab.engine": 8,  # the run loop and its tasks
     "seglab.analyze": 9,  # the papers' analyses (ERF, resolution, corruptions, errors) over models and runs
+    "seglab.serve": 9,  # the web page and HTTP API
     "seglab.cli": 10, "seglab": 10,  # the command line and the package's public face
 }
 SINGLE_MODULE_FLOORS = {0, 5}

@@ -1,11 +1,12 @@
 """`seglab` command line: train, eval, predict, refine, models, weights, push, info, convert, export, data, analyze,
-demo.
+serve, demo.
 
 One module per group of commands: `semantic` (train, eval, predict), `instance` (Mask R-CNN runs, refine),
-`models` (models, weights, push, info, convert, export), `data`, `analyze` (erf, resolution, corruptions, errors);
-shared helpers in `common`. This module builds the parser and runs the command. Run configs whose `data.dataset` is an instance dataset (`coco_instances`,
-`shapes_instances`), and Mask R-CNN checkpoints, train, evaluate and predict with Mask R-CNN through
-`seglab.cli.instance`, which is imported only then; the others are semantic segmentation runs.
+`models` (models, weights, push, info, convert, export), `data`, `analyze` (erf, resolution, corruptions, errors),
+`serve`; shared helpers in `common`. This module builds the parser and runs the command. Run configs whose
+`data.dataset` is an instance dataset (`coco_instances`, `shapes_instances`), and Mask R-CNN checkpoints, train,
+evaluate and predict with Mask R-CNN through `seglab.cli.instance`, which is imported only then; the others are
+semantic segmentation runs.
 
 Every command module is torch-free at import: `seglab --help` and `seglab models` never load torch.
 """
@@ -17,7 +18,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from seglab.cli import analyze, data, models, semantic
+from seglab.cli import analyze, data, models, semantic, serve
 from seglab.cli.common import one_line
 from seglab.cli.semantic import run_training
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parsers(sub)  # models, weights, push, info, convert, export
     data.add_parsers(sub)
     analyze.add_parsers(sub)  # erf, resolution, corruptions, errors
+    serve.add_parsers(sub)
 
     p = sub.add_parser("demo", help="generate shapes, train segformer_b0, evaluate, draw predictions")
     p.add_argument("--config", default="configs/segformer/segformer_b0_shapes.yaml")

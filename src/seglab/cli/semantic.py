@@ -175,7 +175,7 @@ def cmd_eval(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- predict
-def _prediction_classes(config, from_config: bool, checkpoint: str | None, num_classes: int):
+def prediction_classes(config, from_config: bool, checkpoint: str | None, num_classes: int):
     """(class names, palette) for label PNGs and overlays: the run config's dataset (names and colours, also from
     its dataset.yaml), else the checkpoint's metadata (written by seglab train), else numbered classes."""
     from seglab.checkpoint import checkpoint_meta
@@ -226,7 +226,7 @@ def cmd_predict(args) -> int:
         model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint)
     else:
         model = build_model(config, args.num_classes, checkpoint=args.checkpoint)
-    classes, palette = _prediction_classes(config, args.config is not None, args.checkpoint, model.num_classes)
+    classes, palette = prediction_classes(config, args.config is not None, args.checkpoint, model.num_classes)
     apply_inference_flags(config, args)
     # the run config's pipeline (normalisation, test resize, whole / slide) and the classes found for the model
     model.seglab_meta = {**test_pipeline(config), "classes": list(classes), "palette": [list(c) for c in palette]}

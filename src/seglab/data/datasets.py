@@ -23,6 +23,7 @@ The generic layout ("folder pairs"):
 from __future__ import annotations
 
 import inspect
+import io
 import os
 import threading
 import warnings
@@ -154,12 +155,14 @@ def _alternatives(suffixes: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- decoding
-def _decode_error(kind: str, path: str | Path, error: Exception) -> DatasetError:
-    """The error for a file PIL could not read, saying whether it is empty or cut short."""
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        size = None
+def _decode_error(kind: str, path: str | Path, error: Exception, size: int | None = None) -> DatasetError:
+    """The error for a file PIL could not read, saying whether it is empty or cut short (`size`: of an in-memory
+    file; a path's is looked up)."""
+    if size is None:
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = None
     if size == 0:
         detail = "the file is empty (0 bytes)"
     elif "truncated" in str(error).lower() or "broken data stream" in str(error).lower():
@@ -219,17 +222,39 @@ def read_image(path: str | Path, notes: set[str] | None = None, max_pixels: int 
             (PIL refuses images over 2 x `Image.MAX_IMAGE_PIXELS`, 179 M pixels by default); larger ones are an
             error. None keeps PIL's limit.
     """
+    array, found = _decode(path, str(path), max_pixels, None)
+    for kind in found:
+        if notes is None or kind not in notes:
+            warnings.warn(f"image {path} {IMAGE_CONVERSIONS[kind]} (noted once per dataset)", DatasetWarning,
+                          stacklevel=2)
+            if notes is not None:
+                notes.add(kind)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Encoded image bytes (PNG, JPEG, TIFF, ...) as `read_image` reads a file: a uint8 RGB (3, H, W) tensor, and
+    the conversions made (keys of `IMAGE_CONVERSIONS`: grayscale, alpha, 16-bit). `DatasetError` naming `name`
+    when the bytes are empty, cut short, not an image, or over `max_pixels` (width x height)."""
+    if not data:
+        raise DatasetError(f"cannot decode image {name}: it is empty (0 bytes)")
+    array, found = _decode(io.BytesIO(data), name, max_pixels, len(data))
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous(), found
+
+
+def _decode(source, name: str, max_pixels: int | None, size: int | None) -> tuple[np.ndarray, list[str]]:
+    """(H, W, 3) uint8 pixels of a file or file object, and the conversions made."""
     found: list[str] = []
     try:
-        with _pixel_limit(max_pixels), Image.open(path) as pil:
+        with _pixel_limit(max_pixels), Image.open(source) as pil:
             if max_pixels is not None and pil.width * pil.height > max_pixels:
-                raise DatasetError(f"image {path} has {pil.width} x {pil.height} = {pil.width * pil.height} pixels, "
+                raise DatasetError(f"image {name} has {pil.width} x {pil.height} = {pil.width * pil.height} pixels, "
                                    f"more than max_pixels={max_pixels}")
             if _is_sixteen_bit(pil):
                 found.append("16-bit")
             mode = pil.mode
             if mode == "F":
-                raise DatasetError(f"image {path} holds 32-bit floats (mode F); save it as 8- or 16-bit RGB or gray")
+                raise DatasetError(f"image {name} holds 32-bit floats (mode F); save it as 8- or 16-bit RGB or gray")
             if mode in _SIXTEEN_BIT_GRAY:
                 gray = np.clip(np.asarray(pil, dtype=np.int64), 0, 65535)
                 gray = (gray >> 8).astype(np.uint8)  # the high byte: 65535 -> 255, 257 * k -> k
@@ -244,18 +269,17 @@ def read_image(path: str | Path, notes: set[str] | None = None, max_pixels: int 
     except DatasetError:
         raise
     except Image.DecompressionBombError as e:
-        raise DatasetError(f"image {path} is larger than PIL reads by default ({e}); to read it, allow its size: "
+        raise DatasetError(f"image {name} is larger than PIL reads by default ({e}); to read it, allow its size: "
                            f"`seglab predict --max-pixels N` or read_image(..., max_pixels=N), N >= width x height"
                            ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise _decode_error("image", path, e) from None
-    for kind in found:
-        if notes is None or kind not in notes:
-            warnings.warn(f"image {path} {IMAGE_CONVERSIONS[kind]} (noted once per dataset)", DatasetWarning,
-                          stacklevel=2)
-            if notes is not None:
-                notes.add(kind)
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+    except UnidentifiedImageError as e:
+        if size is None:  # a file: its path is in PIL's message
+            raise _decode_error("image", name, e) from None
+        raise DatasetError(f"cannot decode image {name}: not an image format PIL reads (PNG, JPEG, TIFF, BMP, WebP, "
+                           f"...; {size} bytes)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise _decode_error("image", name, e, size) from None
+    return array, found
 
 
 def read_mask(path: str | Path) -> torch.Tensor:

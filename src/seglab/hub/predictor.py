@@ -192,6 +192,34 @@ class Predictor:
                 labels = resized_labels(self.model(prepare(image)), size, align_corners)
         return labels[0].cpu()
 
+    def labels_batch(self, images: list[torch.Tensor], mode: str | None = None,
+                     flip: bool | None = None) -> torch.Tensor:
+        """(B, H, W) class indices of uint8 (3, H, W) images of one size, in one forward pass (slide: the windows
+        of every image in the same passes). `mode` and `flip` override the predictor's for this call; slide needs
+        its `crop_size` and `stride`. What a server batches concurrent requests with."""
+        sizes = {tuple(t.shape[-2:]) for t in images}
+        if len(sizes) != 1:
+            raise ValueError(f"labels_batch takes images of one size, got {sorted(sizes)}")
+        mode = mode or self.mode
+        flip = self.flip if flip is None else flip
+        if mode == "slide" and not (self.crop_size and self.stride):
+            raise ValueError("slide inference needs crop_size and stride")
+        size = sizes.pop()
+        x = self.transform.normalize(torch.stack([self.transform.resize(t) for t in images])).to(self.device)
+        align_corners = self.model.align_corners
+        with torch.inference_mode():
+            if flip or self.scales != (1.0,):
+                probs = predict(self.model, x, mode=mode, crop_size=self.crop_size, stride=self.stride, flip=flip,
+                                scales=self.scales, out_size=size, align_corners=align_corners,
+                                window_batch=self.window_batch)
+                return probs.argmax(1).cpu()
+            if mode == "slide":
+                logits = slide_inference(self.model, x, self.crop_size, self.stride, align_corners,
+                                         self.window_batch)
+            else:
+                logits = self.model(x)
+            return resized_labels(logits, size, align_corners).cpu()
+
     def __call__(self, image: Any) -> Prediction:
         tensor, array = _as_tensor(image, self.max_pixels)
         labels = self._labels(tensor).numpy()
