@@ -138,7 +138,7 @@ def plot_erf_rows(rows: dict[str, dict[str, ReceptiveField]], out_png, log_scale
     from matplotlib.figure import Figure
     from matplotlib.patches import Circle
 
-    from seglab.checkpoint import atomic_write
+    from seglab.analyze.report import save_figure
 
     columns = max(len(r) for r in rows.values())
     figure = Figure(figsize=(2.4 * columns + 0.6, 2.5 * len(rows)), dpi=100, layout="constrained")
@@ -162,5 +162,4 @@ def plot_erf_rows(rows: dict[str, dict[str, ReceptiveField]], out_png, log_scale
             ax.set_title(f"{erf.name} (/{erf.stride:g})\n{radii} px", fontsize=8)
             if c == 0:
                 ax.set_ylabel(label, fontsize=9)
-    atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    return out_png
+    return save_figure(figure, out_png)

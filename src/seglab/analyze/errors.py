@@ -121,7 +121,7 @@ def plot_worst(worst: list[dict], palette, out_png, ignore_index: int = 255):
     """One row per image: input | ground truth | prediction | error map, with its mIoU."""
     from matplotlib.figure import Figure
 
-    from seglab.checkpoint import atomic_write
+    from seglab.analyze.report import save_figure
     from seglab.tools.visualize import colorize
 
     if not worst:
@@ -139,15 +139,14 @@ def plot_worst(worst: list[dict], palette, out_png, ignore_index: int = 255):
             ax.set_title(title, fontsize=8)
         name = str(entry["path"]).rsplit("/", 1)[-1]
         row[0].set_ylabel(f"{name}\nmIoU {100 * entry['mIoU']:.1f}", fontsize=8)
-    atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    return out_png
+    return save_figure(figure, out_png)
 
 
 def plot_class_iou(results: dict[str, list[float]], class_names: Sequence[str], out_png):
     """Per-class IoU (%) bars, one colour per model."""
     from matplotlib.figure import Figure
 
-    from seglab.checkpoint import atomic_write
+    from seglab.analyze.report import save_figure
 
     k = len(class_names)
     figure = Figure(figsize=(max(6.0, 0.5 * k * max(1, len(results)) + 2), 3.8), dpi=100, layout="constrained")
@@ -162,15 +161,14 @@ def plot_class_iou(results: dict[str, list[float]], class_names: Sequence[str], 
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("per-class IoU")
-    atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    return out_png
+    return save_figure(figure, out_png)
 
 
 def plot_trimap(results: dict[str, dict[int, dict[str, float]]], out_png):
     """Accuracy in the boundary band against the band width, and the interior's, one colour per model."""
     from matplotlib.figure import Figure
 
-    from seglab.checkpoint import atomic_write
+    from seglab.analyze.report import finish_line_plot
 
     figure = Figure(figsize=(6.5, 3.8), dpi=100, layout="constrained")
     ax = figure.subplots()
@@ -180,10 +178,5 @@ def plot_trimap(results: dict[str, dict[int, dict[str, float]]], out_png):
         ax.plot(widths, [100 * trimap[d]["band_acc"] for d in widths], "-o", color=colour, label=f"{label} band")
         ax.plot(widths, [100 * trimap[d]["interior_acc"] for d in widths], ":s", color=colour,
                 label=f"{label} interior")
-    ax.set_xlabel("band width (px from a ground-truth boundary)")
-    ax.set_ylabel("pixel accuracy (%)")
-    ax.set_title("boundary band vs interior accuracy (trimap)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    return out_png
+    return finish_line_plot(figure, ax, out_png, "band width (px from a ground-truth boundary)",
+                            "pixel accuracy (%)", "boundary band vs interior accuracy (trimap)")

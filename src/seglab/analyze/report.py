@@ -90,6 +90,24 @@ class Report:
         return path
 
 
+def save_figure(figure, out_png: str | Path) -> Path:
+    """Writes a matplotlib figure as a PNG, atomically."""
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    return out_png
+
+
+def finish_line_plot(figure, ax, out_png: str | Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Labels, grid and legend of a line plot, then `save_figure`."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(figure, out_png)
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,7 @@ def plot_resolution(results: dict[str, list[dict]], out_png):
     """mIoU against the test scale, one line per (model, mode); a dotted line at the training scale."""
     from matplotlib.figure import Figure
 
-    from seglab.checkpoint import atomic_write
+    from seglab.analyze.report import finish_line_plot
 
     figure = Figure(figsize=(7, 4.2), dpi=100, layout="constrained")
     ax = figure.subplots()
@@ -70,10 +70,5 @@ def plot_resolution(results: dict[str, list[dict]], out_png):
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, styles[mode], marker="o", color=colour, label=f"{label} ({mode})")
     ax.axvline(1.0, color="0.6", linestyle=":", linewidth=1)
-    ax.set_xlabel("test scale (x the training size)")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("mIoU against the inference resolution")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    return out_png
+    return finish_line_plot(figure, ax, out_png, "test scale (x the training size)", "mIoU (%)",
+                            "mIoU against the inference resolution")

@@ -70,7 +70,7 @@ def plot_corruption_heatmap(results: dict[str, dict], out_png):
     """mIoU (%) per corruption (rows) and severity (columns), one panel per model, the clean mIoU in the title."""
     from matplotlib.figure import Figure
 
-    from seglab.checkpoint import atomic_write
+    from seglab.analyze.report import save_figure
 
     labels = list(results)
     names = list(next(iter(results.values()))["mIoU"])
@@ -90,8 +90,7 @@ def plot_corruption_heatmap(results: dict[str, dict], out_png):
         ax.set_xlabel("severity")
         ax.set_title(f"{label}\nclean {100 * r['clean']:.1f}, mean {100 * r['mean']:.1f}", fontsize=9)
     figure.colorbar(image, ax=list(axes), shrink=0.8, label="mIoU (%)")
-    atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    return out_png
+    return save_figure(figure, out_png)
 
 
 def plot_corruption_examples(image: np.ndarray, names: Sequence[str], out_png, seed: int = 0,
@@ -99,7 +98,7 @@ def plot_corruption_examples(image: np.ndarray, names: Sequence[str], out_png, s
     """One image under each corruption (rows) at severities 1, 3 and 5."""
     from matplotlib.figure import Figure
 
-    from seglab.checkpoint import atomic_write
+    from seglab.analyze.report import save_figure
 
     shown = (1, 3, 5)
     figure = Figure(figsize=(1.6 * (len(shown) + 1), 1.5 * len(names)), dpi=100, layout="constrained")
@@ -115,5 +114,4 @@ def plot_corruption_examples(image: np.ndarray, names: Sequence[str], out_png, s
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
-    atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    return out_png
+    return save_figure(figure, out_png)

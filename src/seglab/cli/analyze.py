@@ -207,14 +207,14 @@ def cmd_corruptions(args) -> int:
     heatmap = plot_corruption_heatmap(results, out / "corruptions.png")
     examples = plot_corruption_examples(image_array(subjects[0].dataset(args.split, 1)[0]["image"]), names,
                                         out / "examples.png", args.seed, args.frost_dir)
-    header = ["model", "clean", "mean corrupted", "relative", *names]
-    table = [(label, 100 * r["clean"], 100 * r["mean"], r["relative"],
+    header = ["model", "clean", "mean corrupted", "relative (%)", *names]
+    table = [(label, 100 * r["clean"], 100 * r["mean"], 100 * r["relative"],
               *[100 * sum(r["mIoU"][n]) / len(r["mIoU"][n]) for n in names]) for label, r in results.items()]
     write_json(out / "results.json", {"corruptions": results, "names": names})
     report = Report("Robustness to natural corruptions", _command_line("seglab analyze corruptions"))
     report.text(f"The validation split corrupted on the fly ({len(names)} corruptions x severities "
                 f"{', '.join(map(str, severities))}; ImageNet-C definitions, seed {args.seed}); mIoU in %. Per "
-                "corruption: the mean over the severities; relative: mean corrupted / clean.")
+                "corruption: the mean over the severities; relative: mean corrupted / clean, in %.")
     report.figure(heatmap, "mIoU per corruption and severity")
     report.table(header, table, digits=1)
     report.figure(examples, "one validation image under each corruption (severities 1, 3, 5)")
