@@ -234,6 +234,25 @@ def test_timeout_answers_504_and_the_server_recovers(predictor):
         assert client.get("/healthz").json()["status"] == "ok"
 
 
+def test_out_of_memory_answers_503_and_the_worker_goes_on(predictor):
+    failing = _predictor()
+    original, calls = failing.labels_batch, []
+
+    def labels_batch(images, mode=None, flip=None):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(images, mode=mode, flip=flip)
+
+    failing.labels_batch = labels_batch
+    app = create_app([ServedModel("b0", failing)])
+    with TestClient(app) as client:
+        response = client.post("/v1/predict", content=_png(_image()))
+        assert response.status_code == 503 and "out of memory" in response.json()["detail"]
+        assert response.headers["retry-after"] == "5"
+        assert client.post("/v1/predict", content=_png(_image())).status_code == 200
+
+
 def test_several_models(predictor):
     other = _predictor(seed=1)
     app = create_app([ServedModel("a", predictor), ServedModel("b", other)])

@@ -268,6 +268,9 @@ def create_app(models: list[ServedModel], options: ServeOptions | None = None) -
         except ValueError as exc:
             raise HTTPException(422, f"{served.name} cannot segment this {image.shape[2]} x {image.shape[1]} "
                                      f"image: {exc}") from None
+        except (MemoryError, torch.OutOfMemoryError):
+            raise HTTPException(503, f"out of memory segmenting a {image.shape[2]} x {image.shape[1]} image; retry "
+                                     f"later or send a smaller image", headers={"Retry-After": "5"}) from None
         done = time.perf_counter()
         if format == "png":
             return Response(_png_bytes(label_map, p.palette), media_type="image/png",
