@@ -50,3 +50,5 @@ def test_serve_command_line_errors(capsys):
         main(["serve", "--model", "segformer_b0"])
     with pytest.raises(SystemExit, match="run directory"):
         main(["serve", "--run", "/nonexistent/run"])
+    with pytest.raises(SystemExit, match="mask_rcnn_r50_fpn is a model of the .instance. task"):
+        main(["serve", "--model", "mask_rcnn_r50_fpn", "--checkpoint", "x.safetensors"])

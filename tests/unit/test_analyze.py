@@ -74,6 +74,14 @@ def test_erf_of_registered_models(name):
         assert 0 <= f.radius[0.5] <= f.radius[0.9] <= np.hypot(64, 64)
 
 
+@pytest.mark.parametrize("name, task", [("bpr_hrnet18s", "refine"), ("mask_rcnn_r50_fpn", "instance")])
+def test_analyses_refuse_models_of_other_tasks(name, task):
+    from seglab.analyze.subject import load_subject
+
+    with pytest.raises(ValueError, match=f"{name} is a model of the '{task}' task"):
+        load_subject(name, None)
+
+
 def test_erf_refuses_a_model_without_backbone():
     with pytest.raises(ValueError, match="no `backbone`"):
         model_outputs(nn.Conv2d(3, 3, 1))

@@ -70,7 +70,7 @@ def load_subject(config_or_model: str, checkpoint: str | None, overrides: list[s
                  device: torch.device | str = "cpu", num_classes: int | None = None) -> Subject:
     """A config file (`.yaml`) with its model, or a registered model name with the default run config; the weights
     from `checkpoint` (None: the random initialisation, which an ERF can still be taken of)."""
-    from seglab.registry import list_models
+    from seglab.registry import get_entry, list_models
 
     path = Path(config_or_model)
     if path.suffix in (".yaml", ".yml"):
@@ -84,6 +84,10 @@ def load_subject(config_or_model: str, checkpoint: str | None, overrides: list[s
                              f"`seglab models` lists the models")
         config = load_config(None, [f"model.name={config_or_model}", *(overrides or [])])
         label = config_or_model
+    task = get_entry(config.model.name).task
+    if task != "semantic":
+        raise ValueError(f"{config.model.name} is a model of the {task!r} task; the analyses take semantic "
+                         f"segmentation models (`seglab models` lists the task of each)")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} not found")
     model = build_model(config, num_classes or config.model.num_classes, checkpoint=checkpoint)

@@ -53,9 +53,16 @@ def _run_checkpoint(run: Path) -> Path:
     raise SystemExit(f"serve: {run} holds no best.safetensors or latest.json: is it a `seglab train` run directory?")
 
 
+def _check_semantic(task: str, name: str) -> None:
+    if task != "semantic":
+        raise SystemExit(f"serve: {name} is a model of the {task!r} task; seglab serve serves semantic "
+                         f"segmentation models")
+
+
 def load_served(spec: dict, device, crop_size, stride):
     """A `ServedModel` for one spec: the model, its classes and palette, and its test pipeline."""
     from seglab.hub.predictor import Predictor
+    from seglab.registry import get_entry
     from seglab.serve.app import ServedModel
 
     if "run" in spec:
@@ -67,6 +74,7 @@ def load_served(spec: dict, device, crop_size, stride):
         if not (run / "config.yaml").is_file():
             raise SystemExit(f"serve: {run}/config.yaml not found: --run takes a `seglab train` run directory")
         config = load_config(run / "config.yaml")
+        _check_semantic(get_entry(config.model.name).task, config.model.name)
         checkpoint = _run_checkpoint(run)
         model = build_model(config, None, checkpoint=str(checkpoint))
         classes, palette = prediction_classes(config, True, str(checkpoint), model.num_classes)
@@ -75,6 +83,7 @@ def load_served(spec: dict, device, crop_size, stride):
         default_crop = tuple(config.data.train_transform.crop_size)
     else:
         name = spec["model"]
+        _check_semantic(get_entry(name).task, name)
         if "checkpoint" in spec:
             predictor = Predictor(name, checkpoint=spec["checkpoint"], device=device)
             description = f"{name} from {spec['checkpoint']}"
