@@ -64,6 +64,7 @@ def test_erf(setup, tmp_path):
             assert grad.shape == tuple(r["size"]) and np.isfinite(grad).all() and (grad >= 0).all()
             assert 0 <= r["r50"] <= r["r90"] <= np.hypot(*r["size"])
     _report_ok(out / "report.html", 1)
+    assert "seglab analyze erf " in (out / "report.html").read_text()  # the command that made it
 
 
 def test_resolution_matches_eval_at_the_training_scale(setup, tmp_path):

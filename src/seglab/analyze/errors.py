@@ -69,10 +69,12 @@ def error_analysis(subject: Subject, dataset, worst_k: int = 8, widths: Sequence
     ignore = subject.config.data.ignore_index
     band_cm = {d: ConfusionMatrix(num_classes, ignore) for d in widths}
     inner_cm = {d: ConfusionMatrix(num_classes, ignore) for d in widths}
+    full = ConfusionMatrix(num_classes, ignore)
     worst: list[tuple[float, int, dict]] = []  # a max-heap on -score: the k lowest scores stay
     seen = [0]
 
     def collect(samples, predictions):
+        full.update(predictions, torch.stack([s["mask"] for s in samples]))
         for sample, pred in zip(samples, predictions, strict=True):
             mask = sample["mask"]
             for d in widths:
@@ -91,13 +93,7 @@ def error_analysis(subject: Subject, dataset, worst_k: int = 8, widths: Sequence
         if on_batch is not None:
             on_batch(len(samples))
 
-    full = ConfusionMatrix(num_classes, ignore)
-
-    def collect_all(samples, predictions):
-        full.update(predictions, torch.stack([s["mask"] for s in samples]))
-        collect(samples, predictions)
-
-    metrics = evaluate(subject.model, dataset, subject.config, num_classes, subject.device, on_batch=collect_all)
+    metrics = evaluate(subject.model, dataset, subject.config, num_classes, subject.device, on_batch=collect)
     trimap = {}
     for d in widths:
         b, i = band_cm[d].compute(), inner_cm[d].compute()

@@ -1,8 +1,8 @@
 """Robustness to natural corruptions (SegFormer Table 6, Cityscapes-C): the validation split corrupted on the fly
 (`seglab.analyze.corruptions`) at five severities, mIoU per corruption and severity.
 
-Deterministic given the seed: image i under corruption c at severity s draws from
-`numpy.random.default_rng([seed, i, index of c, s])`, whatever the order or subset of the runs.
+Deterministic given the seed: image i under corruption c at severity s draws from `corruption_rng(seed, i, c, s)`,
+whatever the order or subset of the runs.
 """
 
 from __future__ import annotations
@@ -20,13 +20,17 @@ from seglab.engine.run import evaluate
 SEVERITY_LEVELS = (1, 2, 3, 4, 5)
 
 
+def corruption_rng(seed: int, index: int, name: str, severity: int) -> np.random.Generator:
+    """The generator of image `index` under corruption `name` at `severity`: independent of run order and subset."""
+    return np.random.default_rng([seed, index, list(CORRUPTIONS).index(name), severity])
+
+
 class CorruptedDataset:
     """`dataset` with every sample's image corrupted by `name` at `severity` (labels untouched)."""
 
     def __init__(self, dataset, name: str, severity: int, seed: int = 0, frost_dir: str | Path | None = None):
         check_corruptions([name], frost_dir)
         self.dataset, self.name, self.severity, self.seed, self.frost_dir = dataset, name, severity, seed, frost_dir
-        self.code = list(CORRUPTIONS).index(name)
         self.classes = getattr(dataset, "classes", None)
         self.palette = getattr(dataset, "palette", None)
 
@@ -35,7 +39,7 @@ class CorruptedDataset:
 
     def __getitem__(self, index: int) -> dict:
         sample = dict(self.dataset[index])
-        rng = np.random.default_rng([self.seed, index, self.code, self.severity])
+        rng = corruption_rng(self.seed, index, self.name, self.severity)
         corrupted = corrupt(image_array(sample["image"]), self.name, self.severity, rng, frost_dir=self.frost_dir)
         sample["image"] = torch.from_numpy(np.ascontiguousarray(corrupted)).permute(2, 0, 1).contiguous()
         return sample
@@ -107,8 +111,8 @@ def plot_corruption_examples(image: np.ndarray, names: Sequence[str], out_png, s
         axes[i][0].imshow(image)
         axes[i][0].set_ylabel(name, fontsize=7)
         for j, severity in enumerate(shown, start=1):
-            rng = np.random.default_rng([seed, 0, list(CORRUPTIONS).index(name), severity])
-            axes[i][j].imshow(corrupt(image, name, severity, rng, frost_dir=frost_dir))
+            axes[i][j].imshow(corrupt(image, name, severity, corruption_rng(seed, 0, name, severity),
+                                      frost_dir=frost_dir))
             if i == 0:
                 axes[i][j].set_title(f"severity {severity}", fontsize=8)
         for ax in axes[i]:

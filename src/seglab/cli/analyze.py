@@ -7,10 +7,11 @@ self-contained `report.html` with the figures embedded, the tables, the run conf
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
-from seglab.cli.common import choose_device, class_info
+from seglab.cli.common import choose_device, class_info, collect_inputs
 
 COMMANDS = ("erf", "resolution", "corruptions", "errors")
 
@@ -34,12 +35,10 @@ def _subjects(args, require_checkpoints: bool):
     from seglab.analyze.subject import load_subject
 
     checkpoints = args.checkpoint or []
-    if require_checkpoints and len(checkpoints) != len(args.models):
-        raise SystemExit(f"analyze {args.command_name}: give one --checkpoint per model ({len(args.models)} "
-                         f"model(s), {len(checkpoints)} checkpoint(s))")
-    if checkpoints and len(checkpoints) != len(args.models):
+    if len(checkpoints) != len(args.models) and (checkpoints or require_checkpoints):
+        optional = "" if require_checkpoints else ", or none for the random initialisation"
         raise SystemExit(f"analyze {args.command_name}: {len(checkpoints)} checkpoint(s) for {len(args.models)} "
-                         f"model(s): give one per model, or none for the random initialisation")
+                         f"model(s): give one --checkpoint per model{optional}")
     device = choose_device(args.device)
     subjects = []
     for i, name in enumerate(args.models):
@@ -59,12 +58,8 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, disable=not enabled, file=sys.stderr)
 
 
-def _command_line(argv_command: str) -> str:
-    return "seglab analyze " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else argv_command
-
-
-def _classes(subject, dataset):
-    return class_info(dataset, subject.model.num_classes)
+def _command_line(args) -> str:
+    return "seglab " + shlex.join(args.argv)
 
 
 # ---------------------------------------------------------------------------------------------------- erf
@@ -84,8 +79,6 @@ def _erf_images(subject, args, images: str | None):
         pictures = [torch.randint(0, 256, (3, *size), generator=generator, dtype=torch.uint8) for _ in range(count)]
         source = f"{count} uniform-noise images"
     elif images:
-        from seglab.cli.common import collect_inputs
-
         files, _ = collect_inputs([images])
         if not files:
             raise SystemExit(f"analyze erf: no images in {images}")
@@ -131,7 +124,7 @@ def cmd_erf(args) -> int:
     table = [(label, name, f"/{r['stride']:g}", r["r50"], r["r90"], "x".join(map(str, r["size"])))
              for label, fields in results.items() for name, r in fields.items()]
     write_json(out / "results.json", {"erf": results, "images": sources})
-    report = Report("Effective receptive fields", _command_line("seglab analyze erf"))
+    report = Report("Effective receptive fields", _command_line(args))
     report.text("Absolute gradient of each output's centre location (summed over its channels) with respect to the "
                 "input pixels, averaged over the input channels and the images (Luo et al. 2016, SegFormer Fig. 3). "
                 "Shown as log10(1 + g / mean g), each map scaled to its maximum; circles: the radii holding 50 % "
@@ -167,7 +160,7 @@ def cmd_resolution(args) -> int:
     geometry = [(s.label, "x".join(map(str, s.input_size())), "x".join(map(str, slide_geometry(s)[0])),
                  "x".join(map(str, slide_geometry(s)[1]))) for s in subjects]
     write_json(out / "results.json", {"resolution": results, "scales": scales, "modes": modes})
-    report = Report("mIoU against the test resolution", _command_line("seglab analyze resolution"))
+    report = Report("mIoU against the test resolution", _command_line(args))
     report.text("Each scale multiplies the image as the config's test transform gives it; the prediction is resized "
                 "back to the label map, so every scale is scored on the same pixels. mIoU in %.")
     report.figure(figure)
@@ -211,7 +204,7 @@ def cmd_corruptions(args) -> int:
     table = [(label, 100 * r["clean"], 100 * r["mean"], 100 * r["relative"],
               *[100 * sum(r["mIoU"][n]) / len(r["mIoU"][n]) for n in names]) for label, r in results.items()]
     write_json(out / "results.json", {"corruptions": results, "names": names})
-    report = Report("Robustness to natural corruptions", _command_line("seglab analyze corruptions"))
+    report = Report("Robustness to natural corruptions", _command_line(args))
     report.text(f"The validation split corrupted on the fly ({len(names)} corruptions x severities "
                 f"{', '.join(map(str, severities))}; ImageNet-C definitions, seed {args.seed}); mIoU in %. Per "
                 "corruption: the mean over the severities; relative: mean corrupted / clean, in %.")
@@ -247,10 +240,10 @@ def cmd_errors(args) -> int:
     widths = _ints(args.widths)
     subjects = _subjects(args, require_checkpoints=True)
     analyses, names = {}, None
-    report = Report("Where the models err", _command_line("seglab analyze errors"))
+    report = Report("Where the models err", _command_line(args))
     for subject in subjects:
         dataset = subject.dataset(args.split, args.limit)
-        classes, palette = _classes(subject, dataset)
+        classes, palette = class_info(dataset, subject.model.num_classes)
         names = names or classes
         bar = _progress(len(dataset), f"errors {subject.label}", not args.no_progress)
         analysis = error_analysis(subject, dataset, args.worst, widths, on_batch=bar.update)

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     args = build_parser().parse_args(argv)  # before the imports below (torch): `--help` answers at once
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: reports record the command that made them
 
     from seglab.hub.download import WeightsDownloadError  # torch-free too
     from seglab.registry import CheckpointNote  # torch-free, as config.py: `seglab models` never loads torch

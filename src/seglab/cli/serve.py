@@ -79,6 +79,7 @@ def load_served(spec: dict, device, crop_size, stride):
         model = build_model(config, None, checkpoint=str(checkpoint))
         classes, palette = prediction_classes(config, True, str(checkpoint), model.num_classes)
         model.seglab_meta = {**test_pipeline(config), "classes": list(classes), "palette": [list(c) for c in palette]}
+        predictor = Predictor(model, device=device)
         name, description = run.name, f"{config.model.name} from {checkpoint}"
         default_crop = tuple(config.data.train_transform.crop_size)
     else:
@@ -90,9 +91,7 @@ def load_served(spec: dict, device, crop_size, stride):
         else:
             predictor = Predictor(name, pretrained=spec["pretrained"], device=device)
             description = f"{name}, published weights {spec['pretrained']}"
-        model = predictor.model
         default_crop = (512, 512)
-    predictor = Predictor(model, device=device)
     if crop_size or not predictor.crop_size:  # slide on request: the given or the trained window
         predictor.crop_size = tuple(crop_size or default_crop)
         predictor.stride = tuple(stride or [max(1, 2 * c // 3) for c in predictor.crop_size])

@@ -39,6 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from seglab.data.datasets import DatasetError, decode_image
 from seglab.hub.predictor import Predictor
 from seglab.serve.batching import BatchQueue, QueueFullError
+from seglab.tools.visualize import label_picture
 
 TOKEN_COOKIE = "seglab_token"
 
@@ -89,11 +90,11 @@ class ServedModel:
 
 
 def _png_bytes(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> bytes:
-    """An indexed PNG of `labels` with the palette (16-bit grayscale beyond 256 classes)."""
+    """An indexed PNG of `labels` with the palette, as `seglab predict` writes it (16-bit grayscale beyond 255
+    classes)."""
     buffer = io.BytesIO()
-    if len(palette) <= 256:
-        picture = Image.frombytes("P", (labels.shape[1], labels.shape[0]), np.ascontiguousarray(labels, np.uint8))
-        picture.putpalette([v for colour in palette for v in colour])
+    if len(palette) <= 255:
+        picture = label_picture(labels, palette)
     else:
         picture = Image.fromarray(labels.astype(np.uint16))
     picture.save(buffer, format="PNG", optimize=False)
@@ -288,7 +289,7 @@ def create_app(models: list[ServedModel], options: ServeOptions | None = None) -
         if rle:
             body["masks"] = {str(c): _rle(label_map, c) for c in present}
         if labels:
-            raw = label_map.astype(np.uint8 if len(p.classes) <= 256 else np.uint16)
+            raw = label_map.astype(np.uint8 if len(p.classes) <= 255 else np.uint16)
             body["labels_png"] = base64.b64encode(_png_bytes(label_map, p.palette)).decode("ascii")
             body["labels_raw"] = {"dtype": str(raw.dtype), "shape": [height, width],
                                   "data": base64.b64encode(raw.astype(raw.dtype.newbyteorder("<")).tobytes()

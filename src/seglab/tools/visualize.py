@@ -116,6 +116,11 @@ def save_label_png(path: str | Path, labels: Any, palette: Any, ignore_index: in
         palette: (K, 3) uint8 colours, K <= 255 (a PNG palette has 256 entries and 255 is the ignore index).
         ignore_index: the label drawn black; must fit in a byte.
     """
+    return _save_png(path, label_picture(labels, palette, ignore_index))
+
+
+def label_picture(labels: Any, palette: Any, ignore_index: int = IGNORE_INDEX) -> Image.Image:
+    """The P-mode picture `save_label_png` writes (class indices as pixels, the palette colouring them)."""
     palette = _check_palette(palette)
     if len(palette) > 255 or not 0 <= ignore_index <= 255:
         raise ValueError(f"an indexed PNG holds at most 255 classes plus an ignore index in [0, 255], got "
@@ -127,7 +132,7 @@ def save_label_png(path: str | Path, labels: Any, palette: Any, ignore_index: in
     height, width = labels.shape
     picture = Image.frombytes("P", (width, height), np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
     picture.putpalette(table.reshape(-1).tolist())
-    return _save_png(path, picture)
+    return picture
 
 
 def save_overlay_png(
